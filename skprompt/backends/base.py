@@ -1,0 +1,294 @@
+"""The black-box boundary: the protocol every backend follows.
+
+A backend turns candidate soft prompts and texts into class scores. It never
+sees a learner: it gets arrays of prompt embeddings, a list of texts and the
+classes to read out, and answers with class log-probabilities (or, for a
+label-only API, with predicted class indices).
+
+This module holds what all backends share: input validation, call
+accounting, a bounded result cache, and the clone / pickle behaviour that keeps
+model weights out of copies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+import numpy as np
+
+__all__ = ["PromptBackend", "BackendError", "log_softmax"]
+
+
+class BackendError(ValueError):
+    """A backend was used in a way it does not support, or answered badly."""
+
+
+def log_softmax(scores, axis=-1):
+    """Numerically stable log-softmax of a float array along ``axis``."""
+    scores = np.asarray(scores, dtype=np.float64)
+    shifted = scores - np.max(scores, axis=axis, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+
+
+class PromptBackend:
+    """Base class of the black-box backends.
+
+    Subclasses implement :meth:`_score` (score backends) or
+    :meth:`_predict_labels` (label-only backends), :attr:`embedding_dim` and
+    :meth:`embedding_stats`; everything else is shared.
+
+    Parameters
+    ----------
+    cache_size : int, default=100_000
+        Maximum number of (prompt, text) results kept in an in-memory LRU
+        cache, so that asking twice for the same prompt and text (``predict``
+        after ``predict_proba``, repeated evaluation in a grid search) costs no
+        second query. ``0`` disables the cache.
+
+    Notes
+    -----
+    Call accounting: :attr:`stats` counts the requests sent to the model, the
+    (prompt, text) pairs they carried and the pairs answered from the cache.
+    The estimator keeps its own count of the pairs it *asked for*
+    (``n_queries_``), which does not depend on what happened to be cached.
+
+    A backend is not fitted state: ``copy.deepcopy`` (and so
+    :func:`sklearn.base.clone`) returns the backend itself, and the cache and
+    counters are not pickled.
+    """
+
+    #: ``True`` for APIs that only return the predicted label.
+    labels_only = False
+
+    def __init__(self, *, cache_size=100_000):
+        self.cache_size = cache_size
+        self._init_runtime_state()
+
+    # ------------------------------------------------------------------ state
+    def _init_runtime_state(self):
+        self._lock = threading.RLock()
+        self._cache = OrderedDict()
+        self._stats = {"requests": 0, "pairs": 0, "cached_pairs": 0}
+
+    def __deepcopy__(self, memo):
+        # A backend is a handle on an external model, not fitted state:
+        # sklearn.clone must not copy its weights.
+        return self
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        for key in ("_lock", "_cache", "_stats"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._init_runtime_state()
+
+    @property
+    def stats(self):
+        """dict: ``requests``, ``pairs`` (scored by the model) and
+        ``cached_pairs`` (answered from the cache) since creation."""
+        with self._lock:
+            return dict(self._stats)
+
+    def reset_stats(self):
+        """Set the call counters back to zero."""
+        with self._lock:
+            self._stats = {"requests": 0, "pairs": 0, "cached_pairs": 0}
+
+    def clear_cache(self):
+        """Drop every cached result."""
+        with self._lock:
+            self._cache.clear()
+
+    # --------------------------------------------------------- to implement
+    @property
+    def embedding_dim(self):
+        """int: width of one soft-prompt vector (the model's input embedding size)."""
+        raise NotImplementedError
+
+    def embedding_stats(self):
+        """Statistics of the input embedding table.
+
+        Returns
+        -------
+        mean : ndarray of shape (embedding_dim,)
+            Mean embedding vector.
+        std : float
+            Standard deviation of all entries of the table. The projection
+            scales its random matrix with it (as Black-Box Tuning does).
+        """
+        raise NotImplementedError
+
+    def check_classes(self, classes):
+        """Raise a clear error if some class cannot be read out.
+
+        Called by the estimator before any model call. The default accepts
+        any classes.
+        """
+
+    def _score(self, prompt_embeddings, texts, classes):
+        raise BackendError(
+            f"{type(self).__name__} is a label-only backend: it returns predicted "
+            "labels, not scores. Use a label-only method (method='abc-smc' or "
+            "'snpe') with it."
+        )
+
+    def _predict_labels(self, prompt_embeddings, texts, classes):
+        return np.argmax(self._cached_score(prompt_embeddings, texts, classes), axis=-1)
+
+    # ------------------------------------------------------------ public API
+    def score(self, prompt_embeddings, texts, classes):
+        """Class log-probabilities of every (prompt, text) pair.
+
+        Parameters
+        ----------
+        prompt_embeddings : array-like of shape (n_prompts, n_prompt_tokens, embedding_dim)
+            Candidate soft prompts. ``n_prompt_tokens`` may be 0 (no prompt:
+            the zero-shot model).
+        texts : sequence of str
+            The inputs, ``n_texts`` of them.
+        classes : sequence
+            The class labels to read out, in the order of the output columns.
+
+        Returns
+        -------
+        ndarray of shape (n_prompts, n_texts, n_classes)
+            Log-softmax over the classes' scores.
+        """
+        if self.labels_only:
+            return self._score(None, None, None)  # raises the clear error
+        prompts, texts, classes = self._validate_call(prompt_embeddings, texts, classes)
+        return self._cached_score(prompts, texts, classes)
+
+    def predict_labels(self, prompt_embeddings, texts, classes):
+        """Predicted class index of every (prompt, text) pair.
+
+        Same arguments as :meth:`score`; returns an int ndarray of shape
+        ``(n_prompts, n_texts)`` of indices into ``classes``. A score backend
+        answers with the arg-max of its scores.
+        """
+        prompts, texts, classes = self._validate_call(prompt_embeddings, texts, classes)
+        if not self.labels_only:
+            return self._predict_labels(prompts, texts, classes)
+        return self._cached_call(prompts, texts, classes, self._predict_labels, labels=True)
+
+    # -------------------------------------------------------------- helpers
+    def _validate_call(self, prompt_embeddings, texts, classes):
+        prompts = np.asarray(prompt_embeddings, dtype=np.float32)
+        if prompts.ndim != 3 or prompts.shape[2] != self.embedding_dim:
+            raise BackendError(
+                "prompt_embeddings must have shape (n_prompts, n_prompt_tokens, "
+                f"{self.embedding_dim}); got {prompts.shape}."
+            )
+        if not np.all(np.isfinite(prompts)):
+            raise BackendError("prompt_embeddings contain NaN or infinite values.")
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise BackendError("texts must be a sequence of str.")
+        texts = list(texts)
+        classes = list(classes)
+        if len(classes) < 2:
+            raise BackendError(f"classes must hold at least two labels; got {classes!r}.")
+        return prompts, texts, classes
+
+    @staticmethod
+    def _prompt_key(prompt):
+        return hashlib.sha1(np.ascontiguousarray(prompt).tobytes() + str(prompt.shape).encode()).hexdigest()
+
+    def _cached_score(self, prompts, texts, classes):
+        return self._cached_call(prompts, texts, classes, self._score, labels=False)
+
+    def _cached_call(self, prompts, texts, classes, compute, labels):
+        n_prompts, n_texts = prompts.shape[0], len(texts)
+        n_classes = len(classes)
+        out_shape = (n_prompts, n_texts) if labels else (n_prompts, n_texts, n_classes)
+        if n_prompts == 0 or n_texts == 0:
+            return np.zeros(out_shape, dtype=np.int64 if labels else np.float64)
+        if not self.cache_size:
+            result = self._checked(compute(prompts, texts, classes), out_shape, labels, n_classes)
+            with self._lock:
+                self._stats["requests"] += 1
+                self._stats["pairs"] += n_prompts * n_texts
+            return result
+
+        tag = (tuple(map(repr, classes)), labels)
+        pkeys = [self._prompt_key(p) for p in prompts]
+        out = np.empty(out_shape, dtype=np.int64 if labels else np.float64)
+        missing_prompts, missing_texts, n_hits = [], {}, 0
+        with self._lock:
+            for i, pk in enumerate(pkeys):
+                row_missing = False
+                for j, text in enumerate(texts):
+                    hit = self._cache.get((pk, text, tag))
+                    if hit is None:
+                        row_missing = True
+                        missing_texts.setdefault(text, None)
+                    else:
+                        self._cache.move_to_end((pk, text, tag))
+                        out[i, j] = hit
+                        n_hits += 1
+                if row_missing:
+                    missing_prompts.append(i)
+        if missing_prompts:
+            # Ask for the smallest rectangle that covers every missing pair.
+            uniq_idx = sorted({pkeys[i]: i for i in missing_prompts}.values())
+            sub_texts = list(missing_texts)
+            result = self._checked(
+                compute(prompts[uniq_idx], sub_texts, classes),
+                (len(uniq_idx), len(sub_texts)) + out_shape[2:],
+                labels,
+                n_classes,
+            )
+            text_pos = {t: k for k, t in enumerate(sub_texts)}
+            row_of = {pkeys[i]: r for r, i in enumerate(uniq_idx)}
+            with self._lock:
+                self._stats["requests"] += 1
+                self._stats["pairs"] += len(uniq_idx) * len(sub_texts)
+                for pk, r in row_of.items():
+                    for t, k in text_pos.items():
+                        self._cache[(pk, t, tag)] = result[r, k]
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+            for i in missing_prompts:
+                r = row_of[pkeys[i]]
+                for j, text in enumerate(texts):
+                    if text in text_pos:
+                        out[i, j] = result[r, text_pos[text]]
+        with self._lock:
+            self._stats["cached_pairs"] += n_hits
+        return out
+
+    def _checked(self, result, shape, labels, n_classes):
+        """Validate what an implementation returned (shape, finiteness, range)."""
+        name = self._source_name()
+        arr = np.asarray(result)
+        if arr.shape != shape:
+            raise BackendError(
+                f"{name} returned an array of shape {arr.shape}; expected {shape} "
+                + ("(n_prompts, n_texts) of class indices." if labels else "(n_prompts, n_texts, n_classes).")
+            )
+        if labels:
+            if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.bool_)):
+                if not np.issubdtype(arr.dtype, np.floating) or not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+                    raise BackendError(f"{name} must return integer class indices; got dtype {arr.dtype}.")
+            arr = arr.astype(np.int64)
+            if arr.size and (arr.min() < 0 or arr.max() >= n_classes):
+                raise BackendError(
+                    f"{name} returned class indices outside [0, {n_classes - 1}] "
+                    f"(min {arr.min()}, max {arr.max()})."
+                )
+            return arr
+        if not np.issubdtype(arr.dtype, np.number):
+            raise BackendError(f"{name} must return numeric scores; got dtype {arr.dtype}.")
+        arr = arr.astype(np.float64)
+        if not np.all(np.isfinite(arr)):
+            raise BackendError(f"{name} returned NaN or infinite scores.")
+        return log_softmax(arr, axis=-1)
+
+    def _source_name(self):
+        return type(self).__name__
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"

@@ -1,0 +1,11 @@
+"""Warnings and errors of skprompt."""
+
+from .backends.base import BackendError
+from .inference.base import BudgetExhausted
+
+__all__ = ["BudgetWarning", "BackendError", "BudgetExhausted"]
+
+
+class BudgetWarning(UserWarning):
+    """``fit`` stopped because the query ``budget`` ran out; the best prompts
+    found so far were kept."""

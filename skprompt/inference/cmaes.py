@@ -1,0 +1,148 @@
+"""Black-Box Tuning and prompt ensembles: independent CMA-ES runs.
+
+``"bbt"`` is one CMA-ES run (Sun et al., 2022); ``"ensemble"`` is
+``n_prompts`` independent runs with distinct seeds, weighted uniformly (Shen
+et al., 2023). All members advance in lock-step so that one generation of the
+whole ensemble is scored in a single request to the problem (one backend call,
+which the backend batches within its memory bound).
+
+Model selection, as in the paper: after every generation, each member's best
+training candidate of that generation is scored on the validation split, and
+the member keeps the candidate with the lowest validation loss (ties broken by
+the training loss). Without a validation split the member keeps its lowest
+training loss.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import cma
+import numpy as np
+from sklearn.utils import check_random_state
+
+from .base import BudgetExhausted, Learner, LearnerResult, request_cost
+
+__all__ = ["CMAEnsembleLearner", "make_cma", "seeded_generator"]
+
+
+def seeded_generator(random_state):
+    """A numpy Generator drawn from ``random_state`` (int, RandomState or None)."""
+    rs = check_random_state(random_state)
+    return np.random.default_rng(rs.randint(0, 2**31 - 1))
+
+
+def make_cma(x0, sigma0, popsize, max_iter, rng, **extra):
+    """A ``cma.CMAEvolutionStrategy`` whose sampling uses ``rng``.
+
+    cma seeds numpy's *global* generator when given a seed; passing our own
+    ``randn`` keeps runs reproducible, independent of each other and of
+    global state (and safe to run in threads).
+    """
+    opts = {
+        "popsize": int(popsize),
+        "maxiter": int(max_iter),
+        "randn": lambda *shape: rng.standard_normal(shape),
+        "seed": np.nan,
+        "verbose": -9,
+        "verb_disp": 0,
+        "verb_log": 0,
+        "tolflatfitness": max(int(max_iter), 1),  # zero-one losses are flat often; do not stop on it
+    }
+    opts.update(extra)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cma.CMAEvolutionStrategy(np.asarray(x0, dtype=float), float(sigma0), opts)
+
+
+class CMAEnsembleLearner(Learner):
+    """``n_members`` independent CMA-ES runs, each keeping one prompt.
+
+    Parameters
+    ----------
+    n_members : int
+        Number of independent runs (1 for BBT).
+    popsize : int
+        CMA-ES population size per run.
+    max_iter : int
+        Generations per run.
+    sigma0 : float
+        Initial CMA-ES step size (x0 = 0).
+    """
+
+    needs_scores = False  # the loss may be zero_one, which labels allow
+
+    def __init__(self, n_members, popsize, max_iter, sigma0):
+        self.n_members = n_members
+        self.popsize = popsize
+        self.max_iter = max_iter
+        self.sigma0 = sigma0
+
+    def _iteration_cost(self, problem, n_active):
+        cost = request_cost(problem, n_active * self.popsize, "train")
+        if problem.has_split("val"):
+            cost += request_cost(problem, n_active, "val")
+        return cost
+
+    def minimum_budget(self, problem):
+        return self._iteration_cost(problem, self.n_members)
+
+    def fit(self, problem, random_state):
+        rs = check_random_state(random_state)
+        dim = problem.dim
+        members = [
+            make_cma(np.zeros(dim), self.sigma0, self.popsize, self.max_iter, seeded_generator(rs))
+            for _ in range(self.n_members)
+        ]
+        use_val = problem.has_split("val")
+        best_key = [(np.inf, np.inf)] * self.n_members  # (val loss, train loss)
+        best_z = [np.zeros(dim) for _ in range(self.n_members)]
+        best_train = np.full(self.n_members, np.inf)
+        history = []
+        exhausted = False
+        n_iter = 0
+        for _ in range(self.max_iter):
+            active = [k for k, es in enumerate(members) if not es.stop()]
+            if not active:
+                break
+            if self._iteration_cost(problem, len(active)) > problem.remaining:
+                exhausted = True
+                break
+            candidates = [np.asarray(members[k].ask()) for k in active]
+            try:
+                losses = problem.loss(np.vstack(candidates), "train")
+            except BudgetExhausted:
+                exhausted = True
+                break
+            losses = losses.reshape(len(active), self.popsize)
+            gen_best = []
+            for i, k in enumerate(active):
+                members[k].tell(list(candidates[i]), losses[i].tolist())
+                j = int(np.argmin(losses[i]))
+                gen_best.append((candidates[i][j], float(losses[i][j])))
+                best_train[k] = min(best_train[k], float(losses[i][j]))
+            if use_val:
+                try:
+                    val = problem.loss(np.vstack([z for z, _ in gen_best]), "val")
+                except BudgetExhausted:
+                    exhausted = True
+                    val = None
+            for i, k in enumerate(active):
+                z, tl = gen_best[i]
+                key = (float(val[i]), tl) if use_val and val is not None else (tl, tl)
+                if use_val and val is None:
+                    continue
+                if key < best_key[k]:
+                    best_key[k], best_z[k] = key, z.copy()
+            row = np.full(self.n_members, np.nan)
+            row[active] = best_train[active]
+            history.append(row)
+            n_iter += 1
+            problem.report(best_train_loss=float(np.min(best_train)))
+            if exhausted:
+                break
+        samples = np.vstack(best_z)
+        weights = np.full(self.n_members, 1.0 / self.n_members)
+        history = np.vstack(history) if history else np.empty((0, self.n_members))
+        info = {"selection_losses": [k[0] for k in best_key]}
+        return LearnerResult(samples, weights, history, n_iter, exhausted, info)
