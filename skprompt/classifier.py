@@ -360,6 +360,7 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
         ndarray of shape (n_samples, n_classes) otherwise
             the log-probabilities.
         """
+        check_is_fitted(self, "samples_")
         log_proba = self.predict_log_proba(X)
         if len(self.classes_) == 2:
             return log_proba[:, 1] - log_proba[:, 0]
@@ -367,4 +368,5 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X):
         """Most probable class of each text: ``classes_[argmax(predict_proba)]``."""
+        check_is_fitted(self, "samples_")
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
