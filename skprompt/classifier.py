@@ -22,15 +22,22 @@ from ._problem import PromptProblem
 from ._validation import check_labels, check_param, check_texts
 from .backends.base import PromptBackend
 from .exceptions import BudgetWarning
+from .inference.abc_smc import ABCSMCLearner
 from .inference.base import aggregate_outputs
 from .inference.cmaes import CMAEnsembleLearner
+from .inference.vi import VariationalLearner
 from .losses import LOSSES, SCORE_LOSSES
 from .projection import RandomProjection
+from .uncertainty import decompose_uncertainty
 
-__all__ = ["BlackBoxPromptClassifier", "METHODS"]
+__all__ = ["BlackBoxPromptClassifier", "METHODS", "LABEL_METHODS"]
 
 #: Learners by ``method`` name.
-METHODS = ("zero-shot", "bbt", "ensemble")
+METHODS = ("zero-shot", "bbt", "ensemble", "vi", "abc-smc", "snpe")
+#: Likelihood-free methods: they use only predicted labels and predict by votes.
+LABEL_METHODS = ("abc-smc", "snpe")
+#: Methods that need class scores from the backend.
+SCORE_METHODS = ("vi",)
 
 
 class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
@@ -50,12 +57,29 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
         The black box (see :mod:`skprompt.backends`). ``None`` loads the
         bundled SmolLM2-135M-Instruct model (:func:`skprompt.models.default_backend`)
         with the class labels themselves as label words.
-    method : {"ensemble", "bbt", "zero-shot"}, default="ensemble"
-        ``"bbt"``: one CMA-ES run, one prompt. ``"ensemble"``: ``n_prompts``
-        independent runs, uniform weights. ``"zero-shot"``: no soft prompt
-        and no tuning (a baseline; ``fit`` queries nothing).
+    method : {"ensemble", "bbt", "vi", "abc-smc", "snpe", "zero-shot"}, default="ensemble"
+        How the prompt distribution is learnt:
+
+        - ``"bbt"``: one CMA-ES run, one prompt (Black-Box Tuning).
+        - ``"ensemble"``: ``n_prompts`` independent CMA-ES runs, uniform weights.
+        - ``"vi"``: gradient-free variational inference: CMA-ES over the mean
+          and log-variance of a diagonal Gaussian q(z) minimising a Monte
+          Carlo negative ELBO; ``n_prompts`` draws from the kept q.
+          Needs class scores.
+        - ``"abc-smc"``: likelihood-free ABC-SMC population (importance
+          weighted) on the training error rate. Uses predicted labels only.
+        - ``"snpe"``: likelihood-free neural posterior estimation with the
+          ``sbi`` package (``pip install "skprompt[sbi]"``), conditioned on
+          the true training labels. Uses predicted labels only.
+        - ``"zero-shot"``: no soft prompt and no tuning (a baseline; ``fit``
+          queries nothing).
+
+        The likelihood-free methods (and any method on a label-only backend)
+        predict with the weighted histogram of the prompts' votes.
     n_prompts : int, default=5
-        Ensemble size (ignored by ``"bbt"`` and ``"zero-shot"``).
+        Number of prompt samples kept: ensemble size, draws from the VI
+        posterior or from the SNPE posterior, ABC-SMC particles (at least 2).
+        Ignored by ``"bbt"`` and ``"zero-shot"``.
     n_prompt_tokens : int, default=5
         Number of soft-prompt vectors.
     intrinsic_dim : int, default=50
@@ -67,7 +91,9 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
     sigma0 : float, default=1.0
         Initial CMA-ES step size; z starts at 0.
     loss : {"ce", "hinge", "brier", "zero_one"}, default="ce"
-        Training loss. A label-only backend allows only ``"zero_one"``.
+        Training loss of ``"bbt"``, ``"ensemble"`` and ``"vi"``. A label-only
+        backend allows only ``"zero_one"``. The likelihood-free methods ignore
+        it: their distance is the training error rate.
     validation_fraction : float in (0, 1) or None, default=0.25
         Share of the fit data held out (stratified) to select each run's
         kept prompt by validation loss, as the paper selects by dev
@@ -80,7 +106,22 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
         stops, keeps the best prompts found so far and emits a
         :class:`~skprompt.exceptions.BudgetWarning`.
     method_params : dict or None, default=None
-        Reserved for method-specific options of later learners.
+        Method-specific options, validated in ``fit`` (unknown keys are an
+        error). ``"vi"``: ``n_mc``, ``kl_weight``, ``prior_variance``,
+        ``init_log_var``, ``min_variance``, ``n_val_draws`` (see
+        :class:`~skprompt.inference.vi.VariationalLearner`). ``"abc-smc"``:
+        ``move``, ``prior_variance``, ``max_rounds``, ``quantile``,
+        ``kernel``, ``kernel_scale``, ``ess_threshold``, ``n_initial``,
+        ``max_simulations_per_round``, ``batch_size`` (see
+        :class:`~skprompt.inference.abc_smc.ABCSMCLearner`). ``"snpe"``: see
+        :class:`~skprompt.inference.snpe.SNPELearner`. A ``prior_variance``
+        left unset defaults to ``sigma0 ** 2``.
+    vote_smoothing : float >= 0, default=1.0
+        For vote-based predictions (likelihood-free methods, label-only
+        backends): a symmetric Dirichlet pseudo-count added to every class of
+        the weighted vote histogram, in units of one prompt's vote, so that
+        ``predict_proba`` never returns an exact 0 and log loss stays finite.
+        ``0`` turns it off (the raw vote shares).
     n_jobs : int or None, default=None
         Number of concurrent backend requests during ``fit`` and prediction
         (useful for remote or function backends; a local model already uses
@@ -110,7 +151,13 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
     n_iter_ : int
         CMA-ES generations done.
     history_ : ndarray of shape (n_iter_, n_runs)
-        Best training loss so far, per generation and per run.
+        Progress per iteration: for ``"bbt"``/``"ensemble"`` the best
+        training loss so far per run; for ``"vi"`` the best negative ELBO of
+        each generation; for ``"abc-smc"`` and ``"snpe"`` the lowest training
+        error rate of each round's population or simulations.
+    labels_only_ : bool
+        Whether predictions are vote histograms (likelihood-free method or
+        label-only backend).
     budget_exhausted_ : bool
         Whether ``fit`` stopped on ``budget``.
 
@@ -157,6 +204,7 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
         validation_fraction=0.25,
         budget=None,
         method_params=None,
+        vote_smoothing=1.0,
         n_jobs=None,
         random_state=None,
         verbose=0,
@@ -173,6 +221,7 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
         self.validation_fraction = validation_fraction
         self.budget = budget
         self.method_params = method_params
+        self.vote_smoothing = vote_smoothing
         self.n_jobs = n_jobs
         self.random_state = random_state
         self.verbose = verbose
@@ -202,6 +251,9 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
         check_param("budget", self.budget, "int", low=1, allow_none=True)
         if self.method_params is not None and not isinstance(self.method_params, dict):
             raise ValueError(f"method_params must be a dict or None; got {type(self.method_params).__name__}.")
+        if self.method == "abc-smc" and self.n_prompts < 2:
+            raise ValueError(f"n_prompts must be >= 2 for method='abc-smc' (the particle count); got {self.n_prompts}.")
+        check_param("vote_smoothing", self.vote_smoothing, "real", low=0)
         if self.n_jobs is not None:
             check_param("n_jobs", self.n_jobs, "int")
             if self.n_jobs == 0:
@@ -221,9 +273,35 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
             )
         return backend
 
+    def _method_params(self):
+        params = dict(self.method_params or {})
+        if self.method in ("vi", "abc-smc", "snpe"):
+            params.setdefault("prior_variance", float(self.sigma0) ** 2)
+        elif params:
+            raise ValueError(f"method_params must be empty for method={self.method!r}; got keys {sorted(params)}.")
+        return params
+
     def _make_learner(self):
+        """The learner for ``method``; its options are validated here, before any query."""
+        if self.method == "vi":
+            return VariationalLearner.from_params(self.n_prompts, self.popsize, self.max_iter, self.sigma0,
+                                                  self._method_params())
+        if self.method == "abc-smc":
+            return ABCSMCLearner.from_params(self.n_prompts, self._method_params())
+        if self.method == "snpe":
+            from .inference.snpe import SNPELearner
+
+            return SNPELearner.from_params(self.n_prompts, self._method_params())
+        self._method_params()
         n_members = self.n_prompts if self.method == "ensemble" else 1
         return CMAEnsembleLearner(n_members, self.popsize, self.max_iter, self.sigma0)
+
+    @staticmethod
+    def _n_steps(learner, default):
+        for name in ("max_rounds", "n_rounds"):
+            if getattr(learner, name, None):
+                return int(getattr(learner, name))
+        return default
 
     def _split(self, texts, y_idx, rng):
         if self.validation_fraction is None:
@@ -262,18 +340,23 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
         texts = check_texts(X)
         y, classes = check_labels(y, len(texts))
         backend = self._resolve_backend()
-        labels_only = bool(backend.labels_only)
-        if labels_only and self.method == "zero-shot":
-            pass
-        elif labels_only and self.loss in SCORE_LOSSES:
+        if backend.labels_only and self.method in SCORE_METHODS:
+            raise ValueError(
+                f"method={self.method!r} needs class scores, but {backend!r} is label-only; use "
+                f"one of {list(LABEL_METHODS)}, or 'bbt'/'ensemble' with loss='zero_one'."
+            )
+        if backend.labels_only and self.method in ("bbt", "ensemble") and self.loss in SCORE_LOSSES:
             raise ValueError(
                 f"loss={self.loss!r} needs class scores, but {backend!r} is label-only; use loss='zero_one'."
             )
+        labels_only = bool(backend.labels_only) or self.method in LABEL_METHODS
+        loss = "zero_one" if self.method in LABEL_METHODS else self.loss
+        zero_shot = self.method == "zero-shot"
+        learner = None if zero_shot else self._make_learner()
         backend.check_classes(list(classes))
 
         rng = check_random_state(self.random_state)
         y_idx = np.searchsorted(classes, y)
-        zero_shot = self.method == "zero-shot"
         n_tokens = 0 if zero_shot else self.n_prompt_tokens
         dim = 0 if zero_shot else self.intrinsic_dim
         mean, std = backend.embedding_stats()
@@ -285,16 +368,17 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
             samples, weights = np.zeros((1, 0)), np.ones(1)
             history, n_iter, exhausted, n_queries = np.empty((0, 1)), 0, False, 0
         else:
-            learner = self._make_learner()
-            problem = PromptProblem(backend, projection, classes, splits, self.loss, labels_only,
+            problem = PromptProblem(backend, projection, classes, splits, loss, labels_only,
                                     budget=self.budget, n_jobs=self.n_jobs)
             needed = learner.minimum_budget(problem)
             if self.budget is not None and self.budget < needed:
                 raise ValueError(
                     f"budget={self.budget} is below the {needed} queries one iteration of "
-                    f"method={self.method!r} needs on {len(texts)} texts; raise budget or lower popsize."
+                    f"method={self.method!r} needs on {len(texts)} texts; raise budget, or lower "
+                    "popsize / n_prompts (or the method_params that set the cost of one iteration)."
                 )
-            with tqdm(total=self.max_iter, desc=f"skprompt {self.method}", disable=not self.verbose,
+            steps = self._n_steps(learner, self.max_iter)
+            with tqdm(total=steps, desc=f"skprompt {self.method}", disable=not self.verbose,
                       leave=False) as bar:
                 problem.progress = bar
                 result = learner.fit(problem, rng)
@@ -319,6 +403,7 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
         self.n_iter_ = int(n_iter)
         self.history_ = history
         self.budget_exhausted_ = bool(exhausted)
+        self.labels_only_ = labels_only
         return self
 
     # --------------------------------------------------------------- predict
@@ -326,7 +411,7 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "samples_")
         texts = check_texts(X)
         problem = PromptProblem(self.backend_, self.projection_, self.classes_, {}, "zero_one",
-                                self.backend_.labels_only, n_jobs=self.n_jobs)
+                                self.labels_only_, n_jobs=self.n_jobs)
         return problem.query(self.prompt_embeddings_, texts)
 
     def predict_proba(self, X):
@@ -339,11 +424,34 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
         Returns
         -------
         ndarray of shape (n_samples, n_classes)
-            ``sum_k weights_[k] * softmax(scores_k)``; columns in ``classes_``
-            order, rows sum to 1.
+            ``sum_k weights_[k] * softmax(scores_k)``, or for vote-based
+            predictions (``labels_only_``) the weighted vote histogram
+            smoothed by ``vote_smoothing``; columns in ``classes_`` order,
+            rows sum to 1.
         """
         outputs = self._outputs(X)
-        return aggregate_outputs(outputs, self.weights_, len(self.classes_))
+        prior = self.vote_smoothing if self.labels_only_ else 0.0
+        return aggregate_outputs(outputs, self.weights_, len(self.classes_), vote_prior=prior)
+
+    def predict_uncertainty(self, X):
+        """Per-text predictive uncertainty and its decomposition (nats).
+
+        Parameters
+        ----------
+        X : sequence of str
+
+        Returns
+        -------
+        PredictiveUncertainty
+            ``total``: entropy of the averaged prediction; ``aleatoric``:
+            expected entropy of the individual prompts' predictions;
+            ``epistemic``: their difference, the mutual information between
+            label and prompt (how much the prompts disagree). For vote-based
+            predictions each prompt answers one label, so ``aleatoric`` is 0
+            and ``total`` = ``epistemic`` = the vote entropy (of the
+            unsmoothed histogram). See :mod:`skprompt.uncertainty`.
+        """
+        return decompose_uncertainty(self._outputs(X), self.weights_, len(self.classes_))
 
     def predict_log_proba(self, X):
         """Logarithm of :meth:`predict_proba`."""

@@ -1,0 +1,151 @@
+"""Every method through the estimator on the toy black box (tests/toy_tasks.py).
+
+Each must reach >= 0.9 held-out accuracy, give valid probabilities, honour the
+query budget and be deterministic under random_state.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from skprompt import BlackBoxPromptClassifier, BudgetWarning
+from skprompt.backends import BackendError
+
+from toy_tasks import make_toy_task
+
+SETTINGS = {
+    "bbt": dict(max_iter=40),
+    "ensemble": dict(n_prompts=3, max_iter=40),
+    "vi": dict(n_prompts=8, max_iter=40, method_params={"n_mc": 4}),
+    "abc-smc": dict(n_prompts=30, method_params={"max_rounds": 10, "move": "mcmc"}),
+    "snpe": dict(n_prompts=30, method_params={"n_rounds": 2, "n_simulations": 300}),
+}
+METHODS = [pytest.param(m, marks=pytest.mark.sbi) if m == "snpe" else m for m in SETTINGS]
+
+
+def make(method, backend, **kw):
+    params = dict(method=method, n_prompt_tokens=1, intrinsic_dim=6, popsize=8, random_state=0)
+    params.update(SETTINGS[method])
+    params.update(kw)
+    return BlackBoxPromptClassifier(backend, **params)
+
+
+@pytest.fixture(scope="module")
+def task():
+    backend, X, y, _ = make_toy_task(n_texts=240, seed=2)
+    return backend, X[:80], y[:80], X[80:], y[80:]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_learns_the_toy_task(method, task):
+    if method == "snpe":
+        pytest.importorskip("sbi")
+    backend, X, y, X_test, y_test = task
+    clf = make(method, backend).fit(X, y)
+    assert clf.score(X_test, y_test) >= 0.9
+    proba = clf.predict_proba(X_test)
+    assert proba.shape == (len(X_test), 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    assert np.all((proba >= 0) & (proba <= 1))
+    assert clf.samples_.shape[0] == clf.weights_.shape[0] == clf.prompt_embeddings_.shape[0]
+    np.testing.assert_allclose(clf.weights_.sum(), 1.0)
+    assert clf.labels_only_ == (method in ("abc-smc", "snpe"))
+    if clf.labels_only_:  # vote smoothing keeps every probability away from 0
+        assert proba.min() > 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_is_deterministic(method, task):
+    if method == "snpe":
+        pytest.importorskip("sbi")
+    backend, X, y, X_test, _ = task
+    a = make(method, backend, random_state=5).fit(X, y)
+    b = make(method, backend, random_state=5).fit(X, y)
+    np.testing.assert_array_equal(a.samples_, b.samples_)
+    np.testing.assert_array_equal(a.predict_proba(X_test), b.predict_proba(X_test))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_honours_budget(method, task):
+    if method == "snpe":
+        pytest.importorskip("sbi")
+    backend, X, y, _, _ = task
+    budget = 6000
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BudgetWarning)
+        clf = make(method, backend, budget=budget).fit(X, y)
+    assert 0 < clf.n_queries_ <= budget
+
+
+def test_label_only_backend_with_likelihood_free_method():
+    backend, X, y, _ = make_toy_task(n_texts=200, seed=4, labels_only=True)
+    clf = make("abc-smc", backend).fit(X[:80], y[:80])
+    assert clf.score(X[80:], y[80:]) >= 0.9
+    with pytest.raises(BackendError, match="label-only"):
+        backend.score(clf.prompt_embeddings_, X[:2], clf.classes_)
+
+
+def test_vi_refuses_a_label_only_backend_before_querying():
+    backend, X, y, model = make_toy_task(n_texts=20, labels_only=True)
+    with pytest.raises(ValueError, match="method='vi' needs class scores"):
+        make("vi", backend).fit(X, y)
+    assert model.calls == []
+
+
+def test_vote_smoothing():
+    backend, X, y, _ = make_toy_task(n_texts=200, seed=4)
+    raw = make("abc-smc", backend, vote_smoothing=0.0).fit(X[:80], y[:80])
+    smooth = make("abc-smc", backend, vote_smoothing=1.0).fit(X[:80], y[:80])
+    p_raw, p_smooth = raw.predict_proba(X[80:]), smooth.predict_proba(X[80:])
+    assert p_raw.min() == 0.0  # unanimous votes without smoothing
+    assert p_smooth.min() > 0.0
+    n, K = 2, len(smooth.weights_)
+    # smoothing is (votes + a) / (1 + n a) with a = vote_smoothing / K: check on a unanimous text
+    unanimous = np.flatnonzero(p_raw.max(axis=1) == 1.0)[0]
+    a = 1.0 / K
+    np.testing.assert_allclose(p_smooth[unanimous].max(), (1 + a) / (1 + n * a))
+    np.testing.assert_array_equal(p_raw.argmax(1), p_smooth.argmax(1))
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"method": "vi", "method_params": {"bogus": 1}}, "bogus"),
+        ({"method": "abc-smc", "method_params": {"quantile": 2.0}}, "quantile"),
+        ({"method": "abc-smc", "n_prompts": 1}, "n_prompts must be >= 2"),
+        ({"method": "ensemble", "method_params": {"n_mc": 3}}, "method_params must be empty"),
+        ({"method": "abc-smc", "vote_smoothing": -1.0}, "vote_smoothing must be >= 0"),
+    ],
+)
+def test_method_params_are_validated_before_querying(params, match):
+    backend, X, y, model = make_toy_task(n_texts=20)
+    with pytest.raises(ValueError, match=match):
+        BlackBoxPromptClassifier(backend, **params).fit(X, y)
+    assert model.calls == []
+
+
+def test_predict_uncertainty_decomposition(task):
+    backend, X, y, X_test, _ = task
+    ens = make("ensemble", backend, max_iter=5).fit(X, y)
+    u = ens.predict_uncertainty(X_test)
+    proba = ens.predict_proba(X_test)
+    total = -(proba * np.log(proba)).sum(axis=1)
+    np.testing.assert_allclose(u.total, total, atol=1e-10)
+    assert np.all(u.aleatoric >= 0) and np.all(u.epistemic >= 0)
+    np.testing.assert_allclose(u.total, u.aleatoric + u.epistemic, atol=1e-10)
+    assert u.epistemic.max() > 0  # independent runs disagree somewhere
+
+    bbt = make("bbt", backend, max_iter=5).fit(X, y)
+    np.testing.assert_allclose(bbt.predict_uncertainty(X_test).epistemic, 0.0, atol=1e-12)
+
+    abc = make("abc-smc", backend).fit(X, y)
+    ua = abc.predict_uncertainty(X_test)
+    np.testing.assert_array_equal(ua.aleatoric, 0.0)
+    votes = abc.predict_proba(X_test) if abc.vote_smoothing == 0 else None
+    assert votes is None  # default smoothing is on; vote entropy uses the raw histogram
+    raw = make("abc-smc", backend, vote_smoothing=0.0).fit(X, y).predict_proba(X_test)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        vote_entropy = -np.where(raw > 0, raw * np.log(raw), 0).sum(axis=1)
+    np.testing.assert_allclose(ua.total, vote_entropy, atol=1e-12)
+    assert set(u.as_dict()) == {"total", "aleatoric", "epistemic"}
