@@ -360,7 +360,9 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
         n_tokens = 0 if zero_shot else self.n_prompt_tokens
         dim = 0 if zero_shot else self.intrinsic_dim
         mean, std = backend.embedding_stats()
-        projection = RandomProjection(n_tokens, backend.embedding_dim, dim, embedding_mean=mean,
+        init = backend.initial_prompt(n_tokens) if n_tokens else None
+        projection = RandomProjection(n_tokens, backend.embedding_dim, dim,
+                                      embedding_mean=mean if init is None else init,
                                       embedding_std=std, sigma0=self.sigma0, random_state=rng)
         splits = self._split(texts, y_idx, rng)
 

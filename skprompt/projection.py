@@ -5,7 +5,8 @@ Black-Box Tuning (Sun et al., 2022) optimises z in R^d and maps it to the
 A is drawn from N(0, s^2) with ``s = embedding_std / (sqrt(d) * sigma0)``, so
 that a draw ``z ~ N(0, sigma0^2 I)`` yields prompt entries whose spread matches
 the model's own input embeddings. The prompt is centred on the mean embedding
-vector, so ``z = 0`` is an "average token" rather than an all-zero input.
+vector, so ``z = 0`` is an "average token" rather than an all-zero input, or
+on a given initial prompt (e.g. the embeddings of real template tokens).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ class RandomProjection:
         Width of each vector.
     intrinsic_dim : int
         Dimension d of the search space.
-    embedding_mean : array-like of shape (embedding_dim,) or float, default=0.0
-        Centre of the prompt vectors (the mean input embedding).
+    embedding_mean : float or array-like of shape (embedding_dim,) or (n_prompt_tokens, embedding_dim), default=0.0
+        The prompt that ``z = 0`` maps to: one centre for every vector (the
+        mean input embedding), or one per prompt token (an initial prompt).
     embedding_std : float, default=1.0
         Standard deviation of the model's input embedding entries.
     sigma0 : float, default=1.0
@@ -55,8 +57,11 @@ class RandomProjection:
         # Stored in float32: the map is applied to every candidate and the
         # backends take float32 embeddings anyway.
         self.matrix = (rng.standard_normal((size, self.intrinsic_dim)) * scale).astype(np.float32)
-        mean = np.broadcast_to(np.asarray(embedding_mean, dtype=np.float32), (self.embedding_dim,))
-        self.offset = np.tile(mean, self.n_prompt_tokens).astype(np.float32)
+        mean = np.asarray(embedding_mean, dtype=np.float32)
+        shape = (self.n_prompt_tokens, self.embedding_dim)
+        if mean.ndim == 2 and mean.shape != shape:
+            raise ValueError(f"embedding_mean must have shape {shape} when 2-D; got {mean.shape}.")
+        self.offset = np.broadcast_to(mean, shape).reshape(-1).astype(np.float32)
 
     def __call__(self, Z):
         """Map candidates ``Z`` of shape (n, d) to prompts (n, n_prompt_tokens, embedding_dim)."""

@@ -361,3 +361,19 @@ def test_predict_rejects_bad_texts(toy):
     clf = make_clf(backend, max_iter=2).fit(X, y)
     with pytest.raises(TypeError, match=r"X\[0\] is 1"):
         clf.predict([1, 2])
+
+
+class _InitBackend(FunctionBackend):
+    """A backend that says where z = 0 should land."""
+
+    def initial_prompt(self, n_prompt_tokens):
+        return np.full((n_prompt_tokens, self.embedding_dim), 0.25)
+
+
+def test_backend_initial_prompt_is_the_search_centre():
+    _, X, y, model = make_toy_task(n_texts=40, seed=1)
+    backend = _InitBackend(model, embedding_dim=model.embedding_dim)
+    clf = make_clf(backend, max_iter=2).fit(X, y)
+    np.testing.assert_allclose(clf.projection_(np.zeros((1, 6))), 0.25)
+    plain = make_clf(FunctionBackend(model, embedding_dim=6), max_iter=2).fit(X, y)
+    np.testing.assert_allclose(plain.projection_(np.zeros((1, 6))), 0.0)  # the mean embedding

@@ -136,3 +136,11 @@ def test_learner_honours_budget():
     assert result.budget_exhausted
     assert problem.queries <= 5000
     assert problem.queries + 2 * 6 * 20 + 2 * 20 > 5000  # it stopped only when the next step did not fit
+
+
+def test_projection_with_an_initial_prompt():
+    init = np.arange(6, dtype=np.float32).reshape(2, 3)
+    proj = RandomProjection(2, 3, 4, embedding_mean=init, random_state=0)
+    np.testing.assert_array_equal(proj(np.zeros((1, 4)))[0], init)
+    with pytest.raises(ValueError, match=r"shape \(2, 3\)"):
+        RandomProjection(2, 3, 4, embedding_mean=np.zeros((3, 3)))

@@ -122,6 +122,16 @@ class PromptBackend:
         """
         raise NotImplementedError
 
+    def initial_prompt(self, n_prompt_tokens):
+        """The soft prompt that ``z = 0`` maps to, or ``None``.
+
+        Returns an array of shape ``(n_prompt_tokens, embedding_dim)``, e.g.
+        the embeddings of real tokens of the template, so that the untuned
+        prompt reproduces a known input; ``None`` (the default) centres the
+        search on the mean input embedding, as Black-Box Tuning does.
+        """
+        return None
+
     def check_classes(self, classes):
         """Raise a clear error if some class cannot be read out.
 
