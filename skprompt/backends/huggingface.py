@@ -1,0 +1,1237 @@
+"""Local transformers language models as black-box backends.
+
+- :class:`CausalLMBackend`: a decoder-only model (SmolLM2, Llama, Qwen, GPT-2
+  ...). By default the soft prompt sits *after* the text, so the text's
+  key/value cache is computed once and reused for every candidate prompt.
+- :class:`MaskedLMBackend`: a masked LM (BERT, RoBERTa), the setting of the
+  Black-Box Tuning papers: the soft prompt follows the first special token and
+  the class is read at the mask.
+
+Both read the logits of the verbalizer tokens only (a handful of rows of the
+output embedding), never the full-vocabulary projection, and score many
+(prompt, text) pairs per forward pass, padded so that the padding never
+changes a score.
+
+Models are loaded once per process (:func:`load_pretrained`); a backend
+pickles as its recipe (model path, template, verbalizer, options), so copies
+made by ``joblib`` or ``GridSearchCV`` reload the weights at most once per
+worker process and never copy them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+import os
+import threading
+import uuid
+import weakref
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from .base import BackendError, PromptBackend
+
+__all__ = ["CausalLMBackend", "MaskedLMBackend", "load_pretrained", "clear_model_cache"]
+
+# --------------------------------------------------------------------------
+# Per-process model registry
+# --------------------------------------------------------------------------
+#
+# _LOADED holds the models loaded from a local directory, keyed by
+# (real path, kind, dtype, device): every backend (and every unpickled copy of
+# a backend) naming the same directory shares one model object.
+# _OBJECTS holds, weakly, the handles of backends built from model objects, so
+# that a backend unpickled in the same process finds the very same object.
+
+_LOAD_LOCK = threading.Lock()
+_LOADED = {}
+_OBJECTS = weakref.WeakValueDictionary()
+
+_KINDS = ("causal", "masked")
+
+
+def _dtype_name(dtype):
+    return str(dtype).replace("torch.", "")
+
+
+def _resolve_dtype(dtype):
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating-point torch dtype; got {dtype}.")
+        return dtype
+    if isinstance(dtype, str):
+        resolved = getattr(torch, dtype.replace("torch.", ""), None)
+        if isinstance(resolved, torch.dtype) and resolved.is_floating_point:
+            return resolved
+    raise ValueError(f"dtype must be None, a floating torch.dtype or its name (e.g. 'float32'); got {dtype!r}.")
+
+
+def _resolve_device(device):
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must be None, a torch.device or a device string like 'cpu'; got {device!r}.") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        # A recipe pickled on a GPU machine and unpickled on a CPU one.
+        return torch.device("cpu")
+    return device
+
+
+def _local_dir(path):
+    """``path`` as a real path if it is a local model directory, else None."""
+    if isinstance(path, (str, os.PathLike)):
+        path = os.fspath(path)
+        if path and os.path.isfile(os.path.join(path, "config.json")):
+            return os.path.realpath(path)
+    return None
+
+
+def load_pretrained(path, *, kind="causal", dtype=None, device=None):
+    """Load a model and its tokenizer from a local directory, once per process.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Local directory written by ``save_pretrained`` (never a hub name:
+        nothing is downloaded).
+    kind : {"causal", "masked"}, default="causal"
+        Load with ``AutoModelForCausalLM`` or ``AutoModelForMaskedLM``.
+    dtype : torch.dtype or str, default=None
+        ``None`` means float32.
+    device : str or torch.device, default=None
+        ``None`` means ``"cuda"`` if available, else ``"cpu"``.
+
+    Returns
+    -------
+    model : transformers.PreTrainedModel
+        In eval mode. The same object for every call with the same arguments.
+    tokenizer : transformers.PreTrainedTokenizerBase
+    """
+    handle = _load_handle(path, kind=kind, dtype=dtype, device=device)
+    return handle.model, handle.tokenizer
+
+
+def clear_model_cache():
+    """Forget the models loaded by :func:`load_pretrained` (they are freed once
+    no backend uses them)."""
+    with _LOAD_LOCK:
+        _LOADED.clear()
+
+
+def _load_handle(path, *, kind, dtype=None, device=None, tokenizer_path=None):
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be one of {_KINDS}; got {kind!r}.")
+    real = _local_dir(path)
+    if real is None:
+        raise ValueError(
+            f"model must be a transformers model object or a local model directory (holding config.json); "
+            f"got {path!r}. skprompt never downloads models: save one with save_pretrained first."
+        )
+    tok_real = real
+    if tokenizer_path is not None:
+        tok_real = _local_dir(tokenizer_path)
+        if tok_real is None and not (os.path.isdir(os.fspath(tokenizer_path))):
+            raise ValueError(f"tokenizer must be a tokenizer object or a local directory; got {tokenizer_path!r}.")
+        tok_real = tok_real or os.path.realpath(os.fspath(tokenizer_path))
+    dtype = _resolve_dtype(dtype)
+    device = _resolve_device(device)
+    key = (real, tok_real, kind, _dtype_name(dtype), str(device))
+    with _LOAD_LOCK:
+        handle = _LOADED.get(key)
+        if handle is None:
+            from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+            auto = AutoModelForCausalLM if kind == "causal" else AutoModelForMaskedLM
+            model = auto.from_pretrained(real, local_files_only=True, **{_dtype_kwarg(): dtype})
+            model.to(device)
+            tokenizer = AutoTokenizer.from_pretrained(tok_real, local_files_only=True)
+            handle = _ModelHandle(model, tokenizer, kind)
+            _LOADED[key] = handle
+    return handle
+
+
+def _dtype_kwarg():
+    """Name of from_pretrained's dtype argument (``torch_dtype`` before 4.56)."""
+    import transformers
+
+    return "dtype" if _version_tuple(transformers.__version__) >= (4, 56) else "torch_dtype"
+
+
+def _version_tuple(version):
+    parts = []
+    for piece in version.split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+# --------------------------------------------------------------------------
+# transformers cache API (4.48 ... 5.x)
+# --------------------------------------------------------------------------
+
+
+def _cache_layers(cache):
+    """[(keys, values)] of every layer of a DynamicCache, across versions."""
+    if hasattr(cache, "layers"):  # transformers >= 4.56
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache))
+
+
+def _new_cache(layers=None):
+    """A fresh DynamicCache, optionally filled with [(keys, values)] per layer.
+
+    The forward pass appends to the cache it is given, so every forward gets
+    its own.
+    """
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    if layers is not None:
+        # Cache.update(keys, values, layer_idx) is the one filling API common
+        # to 4.48 ... 5.x (constructor arguments and layer classes differ).
+        for index, (keys, values) in enumerate(layers):
+            cache.update(keys, values, index)
+    return cache
+
+
+# --------------------------------------------------------------------------
+# Model handle: the model plus what is derived from it once
+# --------------------------------------------------------------------------
+
+
+class _ModelHandle:
+    """A model, its tokenizer and the facts derived from them once.
+
+    Shared by every backend that uses the same model object.
+    """
+
+    def __init__(self, model, tokenizer, kind):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.kind = kind
+        model.eval()  # no dropout; scores must be deterministic
+        self.input_embeddings = model.get_input_embeddings()
+        weight = self.input_embeddings.weight
+        self.device = weight.device
+        self.dtype = weight.dtype
+        self.base = model.base_model
+        params = inspect.signature(self.base.forward).parameters
+        self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        # transformers < 4.50 left some models (e.g. GPT-2) on tuple caches.
+        self.legacy_cache = getattr(model, "_supports_cache_class", True) is False
+        self.lock = threading.Lock()
+        self.tokenizer_lock = threading.Lock()  # fast tokenizers are not safe to share across threads
+        self._stats = None
+        self._readout = None
+        self._special_prefix = None
+
+    def make_cache(self, layers):
+        """A fresh cache holding [(keys, values)] per layer, in the form the model takes."""
+        if self.legacy_cache:
+            return tuple((k, v) for k, v in layers)
+        return _new_cache(layers)
+
+    # -- embeddings -------------------------------------------------------
+    def embedding_stats(self):
+        with self.lock:
+            if self._stats is None:
+                with torch.inference_mode():
+                    table = self.input_embeddings.weight.detach().to("cpu", torch.float64)
+                    self._stats = (table.mean(dim=0).numpy(), float(table.std(unbiased=False)))
+        mean, std = self._stats
+        return mean.copy(), std
+
+    def embed(self, ids):
+        ids = torch.as_tensor(ids, dtype=torch.long, device=self.device)
+        return self.input_embeddings(ids)
+
+    # -- tokenizer ----------------------------------------------------------
+    def encode(self, text, add_special_tokens=False):
+        with self.tokenizer_lock:
+            return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    def encode_batch(self, texts):
+        if not texts:
+            return []
+        with self.tokenizer_lock:
+            encoded = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        return [list(ids) for ids in encoded]
+
+    def special_prefix(self):
+        """Special tokens the tokenizer puts before a text (e.g. BOS), as ids."""
+        with self.lock:
+            if self._special_prefix is None:
+                probe = "Hello world"
+                plain = self.encode(probe)
+                full = self.encode(probe, add_special_tokens=True)
+                prefix = []
+                for start in range(len(full) - len(plain) + 1):
+                    if full[start:start + len(plain)] == plain:
+                        prefix = full[:start]
+                        break
+                self._special_prefix = prefix
+        return list(self._special_prefix)
+
+    # -- readout --------------------------------------------------------------
+    def readout(self):
+        """How to read class logits; decided once by comparing with the model's own logits."""
+        with self.lock:
+            if self._readout is None:
+                self._readout = _causal_readout(self) if self.kind == "causal" else _masked_readout(self)
+        return self._readout
+
+
+def _probe_ids(handle, n=6):
+    ids = handle.encode("The quick brown fox jumps over the lazy dog")[:n]
+    vocab = handle.input_embeddings.weight.shape[0]
+    if len(ids) < 2:
+        ids = list(range(min(n, vocab)))
+    return ids
+
+
+def _close(fast, full):
+    scale = 1.0 + float(full.abs().max())
+    return float((fast - full).abs().max()) <= 1e-4 * scale
+
+
+class _Readout:
+    """Computes class logits from hidden states at the readout positions.
+
+    ``fast=True``: the verbalizer rows of the output layer (plus bias and the
+    model's logit scaling) applied to the final hidden state of the readout
+    positions only. ``fast=False``: the model's own head (full vocabulary),
+    used for architectures whose head is not recognised.
+    """
+
+    def __init__(self, fast, weight=None, bias=None, transform=None, scale=1.0, softcap=None):
+        self.fast = fast
+        self.weight = weight
+        self.bias = bias
+        self.transform = transform
+        self.scale = scale
+        self.softcap = softcap
+
+    def logits(self, hidden, token_ids):
+        """Class logits (n, C) from hidden states (n, D) for the given vocabulary ids."""
+        ids = torch.as_tensor(token_ids, dtype=torch.long, device=hidden.device)
+        if self.transform is not None:
+            hidden = self.transform(hidden)
+        out = hidden @ self.weight.index_select(0, ids).T
+        if self.bias is not None:
+            out = out + self.bias.index_select(0, ids)
+        return self._finish(out)
+
+    def full_logits(self, hidden):
+        if self.transform is not None:
+            hidden = self.transform(hidden)
+        out = hidden @ self.weight.T
+        if self.bias is not None:
+            out = out + self.bias
+        return self._finish(out)
+
+    def _finish(self, out):
+        out = out.float()
+        if self.scale != 1.0:
+            out = out * self.scale
+        if self.softcap:
+            out = torch.tanh(out / self.softcap) * self.softcap
+        return out
+
+
+def _causal_readout(handle):
+    model = handle.model
+    head = model.get_output_embeddings()
+    config = model.config
+    weight = getattr(head, "weight", None)
+    candidate = None
+    if isinstance(weight, torch.Tensor) and weight.ndim == 2:
+        scale = 1.0
+        if getattr(config, "logit_scale", None):  # Cohere
+            scale *= float(config.logit_scale)
+        if getattr(config, "logits_scaling", None):  # Granite
+            scale /= float(config.logits_scaling)
+        candidate = _Readout(True, weight=weight, bias=getattr(head, "bias", None), scale=scale,
+                             softcap=getattr(config, "final_logit_softcapping", None))
+    if candidate is not None:
+        ids = torch.tensor([_probe_ids(handle)], device=handle.device)
+        with torch.inference_mode():
+            full = model(input_ids=ids).logits[0].float()
+            hidden = handle.base(input_ids=ids).last_hidden_state[0]
+            if _close(candidate.full_logits(hidden), full):
+                return candidate
+    return _Readout(False)
+
+
+def _masked_readout(handle):
+    model = handle.model
+    transform = decoder = None
+    cls = getattr(model, "cls", None)
+    predictions = getattr(cls, "predictions", None)
+    if predictions is not None and hasattr(predictions, "transform") and hasattr(predictions, "decoder"):
+        transform, decoder = predictions.transform, predictions.decoder  # BERT family
+    else:
+        lm_head = getattr(model, "lm_head", None)
+        if lm_head is not None and all(hasattr(lm_head, a) for a in ("dense", "layer_norm", "decoder")):
+            # RoBERTa family (RoBERTa, XLM-R, CamemBERT): dense -> gelu -> layer norm -> decoder.
+            def transform(h, head=lm_head):
+                return head.layer_norm(torch.nn.functional.gelu(head.dense(h)))
+
+            decoder = lm_head.decoder
+    if decoder is not None and isinstance(getattr(decoder, "weight", None), torch.Tensor):
+        bias = decoder.bias if getattr(decoder, "bias", None) is not None else None
+        candidate = _Readout(True, weight=decoder.weight, bias=bias, transform=transform)
+        ids = _probe_ids(handle)
+        tok = handle.tokenizer
+        if tok.mask_token_id is not None:
+            ids = ids + [tok.mask_token_id]
+        ids_t = torch.tensor([ids], device=handle.device)
+        with torch.inference_mode():
+            full = model(input_ids=ids_t).logits[0].float()
+            hidden = handle.base(input_ids=ids_t).last_hidden_state[0]
+            if _close(candidate.full_logits(hidden), full):
+                return candidate
+    return _Readout(False)
+
+
+# --------------------------------------------------------------------------
+# Shared backend machinery
+# --------------------------------------------------------------------------
+
+
+def _check_positive_int(name, value):
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int; got {value!r}.")
+    return int(value)
+
+
+def _check_placeholder(template, name):
+    if not isinstance(template, str):
+        raise ValueError(f"template must be a str; got {type(template).__name__}.")
+    count = template.count("{" + name + "}")
+    if count != 1:
+        raise ValueError(
+            f"template must contain '{{{name}}}' exactly once (where the {name} goes); "
+            f"found it {count} times in {template!r}."
+        )
+
+
+class _HFBackend(PromptBackend):
+    """What the transformers backends share: loading, verbalizer, embedding
+    statistics, pickling as a recipe, batching of (prompt, text) pairs."""
+
+    _kind = None  # "causal" or "masked"
+
+    def __init__(self, model, tokenizer, *, template, verbalizer, batch_size, cache_size, device, dtype):
+        super().__init__(cache_size=cache_size)
+        if not isinstance(cache_size, numbers.Integral) or isinstance(cache_size, bool) or cache_size < 0:
+            raise ValueError(f"cache_size must be a non-negative int; got {cache_size!r}.")
+        self.template = template
+        self.batch_size = _check_positive_int("batch_size", batch_size)
+        self.verbalizer = self._check_verbalizer(verbalizer)
+        self._object_key = None
+        self._pickled = {}
+        self._tokenizer_in_pickle = False
+        if isinstance(model, (str, os.PathLike)):
+            self.model_path = os.fspath(model)
+            if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
+                raise ValueError("With model given as a path, tokenizer must be None or a path too; "
+                                 f"got {type(tokenizer).__name__}.")
+            self.tokenizer_path = os.fspath(tokenizer) if tokenizer is not None else None
+            self.dtype = _dtype_name(_resolve_dtype(dtype))
+            self.device = str(_resolve_device(device))
+            self._handle = None
+            self._get_handle()  # load now: a wrong path fails here, not mid-fit
+        else:
+            self._handle = self._handle_from_object(model, tokenizer, device, dtype)
+        self._validate_template()
+        # Resolve the verbalizer now so that a bad one fails at construction.
+        if self.verbalizer is not None:
+            self._class_token_ids(list(self.verbalizer))
+
+    # -- construction helpers ---------------------------------------------------
+    @staticmethod
+    def _check_verbalizer(verbalizer):
+        if verbalizer is None:
+            return None
+        if not isinstance(verbalizer, dict) or not verbalizer:
+            raise ValueError(
+                "verbalizer must be None or a non-empty dict mapping each class label to its label word; "
+                f"got {verbalizer!r}."
+            )
+        for label, word in verbalizer.items():
+            if not isinstance(word, str) or not word.strip():
+                raise ValueError(f"verbalizer[{label!r}] must be a non-empty str (the label word); got {word!r}.")
+        return dict(verbalizer)
+
+    def _handle_from_object(self, model, tokenizer, device, dtype):
+        from transformers import AutoTokenizer, PreTrainedModel
+
+        if not isinstance(model, PreTrainedModel):
+            raise ValueError(
+                "model must be a transformers model object or a local model directory; "
+                f"got {type(model).__name__}."
+            )
+        if device is not None or dtype is not None:
+            raise ValueError(
+                "device and dtype apply only when the model is given as a path; move or cast the model "
+                "object yourself (model.to(...)) before passing it."
+            )
+        self.model_path = _local_dir(getattr(model, "name_or_path", None))
+        if tokenizer is None:
+            if self.model_path is None:
+                raise ValueError(
+                    "tokenizer is required when the model object has no local directory to load it from "
+                    f"(model.name_or_path={getattr(model, 'name_or_path', None)!r})."
+                )
+            self.tokenizer_path = None  # the model's directory
+            tokenizer = AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
+        elif isinstance(tokenizer, (str, os.PathLike)):
+            self.tokenizer_path = os.fspath(tokenizer)
+            tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path, local_files_only=True)
+        else:
+            if not callable(tokenizer) or not hasattr(tokenizer, "convert_ids_to_tokens"):
+                raise ValueError(
+                    f"tokenizer must be a transformers tokenizer, a path or None; got {type(tokenizer).__name__}."
+                )
+            # A tokenizer object is reloaded from its own directory when it has one,
+            # and pickled with the backend otherwise (it is small).
+            self.tokenizer_path = _local_dir(getattr(tokenizer, "name_or_path", None))
+            self._tokenizer_in_pickle = self.tokenizer_path is None
+        handle = _ModelHandle(model, tokenizer, self._kind)
+        self.dtype = _dtype_name(handle.dtype)
+        self.device = str(handle.device)
+        self._object_key = uuid.uuid4().hex
+        _OBJECTS[self._object_key] = handle
+        return handle
+
+    def _get_handle(self):
+        handle = self._handle
+        if handle is not None:
+            return handle
+        with self._lock:
+            if self._handle is None:
+                found = _OBJECTS.get(self._object_key) if self._object_key else None
+                if found is None:
+                    pickled = self._pickled
+                    if "model" in pickled:
+                        found = _ModelHandle(pickled["model"], pickled["tokenizer"], self._kind)
+                    else:
+                        found = _load_handle(self.model_path, kind=self._kind, dtype=self.dtype,
+                                             device=self.device, tokenizer_path=self.tokenizer_path)
+                        if "tokenizer" in pickled:
+                            found = _ModelHandle(found.model, pickled["tokenizer"], self._kind)
+                    if self._object_key:
+                        _OBJECTS[self._object_key] = found
+                self._pickled = {}
+                self._handle = found
+        return self._handle
+
+    # -- runtime state and pickling -------------------------------------------
+    def _init_runtime_state(self):
+        super()._init_runtime_state()
+        self._token_ids = {}
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        handle = state.pop("_handle", None)
+        state.pop("_token_ids", None)
+        if handle is None:  # never loaded since unpickling: pass the recipe on as is
+            return state
+        pickled = {}
+        if self.model_path is None:
+            # No directory to reload from: the weights travel with the pickle.
+            pickled["model"] = handle.model
+            pickled["tokenizer"] = handle.tokenizer
+        elif self._tokenizer_in_pickle:
+            pickled["tokenizer"] = handle.tokenizer
+        state["_pickled"] = pickled
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._handle = None  # loaded lazily, from the per-process registry
+
+    # -- public facts ---------------------------------------------------------
+    @property
+    def model(self):
+        """The transformers model object (loaded on first access after unpickling)."""
+        return self._get_handle().model
+
+    @property
+    def tokenizer(self):
+        """The tokenizer object."""
+        return self._get_handle().tokenizer
+
+    @property
+    def embedding_dim(self):
+        return int(self._get_handle().input_embeddings.weight.shape[1])
+
+    def embedding_stats(self):
+        return self._get_handle().embedding_stats()
+
+    # -- verbalizer -------------------------------------------------------------
+    def label_word(self, label):
+        """The label word of class ``label`` (before tokenisation)."""
+        if self.verbalizer is None:
+            return str(label)
+        try:
+            return self.verbalizer[label]
+        except (KeyError, TypeError):
+            raise BackendError(f"class {label!r} is missing from the verbalizer.") from None
+
+    def label_token_id(self, word):
+        """Vocabulary id that stands for ``word``.
+
+        The word is tokenised with a leading space (``" " + word``, unless it
+        already starts with whitespace) and its first token that is not pure
+        whitespace is kept: the token the model would produce right after
+        ``"...Answer:"`` or at the mask of ``"It was <mask>"``.
+        """
+        handle = self._get_handle()
+        text = word if word[:1].isspace() else " " + word
+        ids = handle.encode(text)
+        tok = handle.tokenizer
+        for i in ids:
+            if tok.decode([i]).strip():
+                if tok.unk_token_id is not None and i == tok.unk_token_id:
+                    raise BackendError(f"label word {word!r} is not in the tokenizer's vocabulary (it maps to the "
+                                       "unknown token); choose another word in the verbalizer.")
+                return int(i)
+        raise BackendError(f"label word {word!r} has no token; choose another word in the verbalizer.")
+
+    def check_classes(self, classes):
+        self._class_token_ids(list(classes))
+
+    def _class_token_ids(self, classes):
+        key = tuple(map(repr, classes))
+        ids = self._token_ids.get(key)
+        if ids is not None:
+            return ids
+        if self.verbalizer is not None:
+            missing = [c for c in classes if not self._in_verbalizer(c)]
+            if missing:
+                raise BackendError(
+                    f"classes {missing!r} are missing from the verbalizer (it has {list(self.verbalizer)!r}); "
+                    "give a label word for every class."
+                )
+        ids, owner = [], {}
+        for label in classes:
+            word = self.label_word(label)
+            tid = self.label_token_id(word)
+            if tid in owner:
+                token = self._get_handle().tokenizer.convert_ids_to_tokens(tid)
+                raise BackendError(
+                    f"classes {owner[tid]!r} and {label!r} share the same first token {token!r} "
+                    f"(label words {self.label_word(owner[tid])!r} and {word!r}); the verbalizer must give "
+                    "each class a label word with a distinct first token."
+                )
+            owner[tid] = label
+            ids.append(tid)
+        self._token_ids[key] = ids
+        return ids
+
+    def _in_verbalizer(self, label):
+        try:
+            return label in self.verbalizer
+        except TypeError:
+            return False
+
+    # -- batching helpers -------------------------------------------------------
+    def _prompt_tensor(self, prompts, handle):
+        return torch.from_numpy(np.ascontiguousarray(prompts, dtype=np.float32)).to(handle.device, handle.dtype)
+
+    def _model_name(self):
+        if self.model_path:
+            return os.path.basename(os.path.normpath(self.model_path))
+        handle = self._handle
+        if handle is not None:
+            name = getattr(handle.model, "name_or_path", "") or type(handle.model).__name__
+            return os.path.basename(os.path.normpath(name)) if name else type(handle.model).__name__
+        return "?"
+
+
+def _length_buckets(items, length, max_items, waste=0.25, slack=16):
+    """Split ``items`` (sorted by ``length``, ascending) into batches of at most
+    ``max_items`` whose padding to the longest stays small: a batch is closed
+    when padding would exceed ``waste`` of its real tokens plus ``slack``."""
+    batch, tokens = [], 0
+    for item in items:
+        n = length(item)
+        if batch and (len(batch) >= max_items or (len(batch) + 1) * n > (1 + waste) * (tokens + n) + slack):
+            yield batch
+            batch, tokens = [], 0
+        batch.append(item)
+        tokens += n
+    if batch:
+        yield batch
+
+
+def _pairs_batches(order, n_prompts, batch_size):
+    """Micro-batches of (text index, prompt index) pairs, texts in ``order``."""
+    batch = []
+    for j in order:
+        for p in range(n_prompts):
+            batch.append((j, p))
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+# --------------------------------------------------------------------------
+# Causal LM
+# --------------------------------------------------------------------------
+
+_DEFAULT_BATCH_SIZE = 64
+_DEFAULT_TEXT_CACHE_MB = 1024
+
+
+class CausalLMBackend(_HFBackend):
+    """A local transformers causal (decoder-only) language model.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel or str or os.PathLike
+        A causal LM object, or the local directory of one (loaded with
+        ``AutoModelForCausalLM``/``AutoTokenizer``, once per process; nothing
+        is ever downloaded).
+    tokenizer : transformers tokenizer, str or None, default=None
+        Required with a model object unless it can be loaded from
+        ``model.name_or_path``.
+    template : str, default="{text}\\nAnswer:"
+        Input layout; must contain ``{text}`` exactly once. Other braces are
+        kept literally.
+    verbalizer : dict or None, default=None
+        Class label -> label word. ``None`` means ``str(label)`` is the word
+        of each class. A label word is read as the first token of
+        ``" " + word`` (no space is added if the word already starts with
+        whitespace; a leading token that is only whitespace is skipped). Two
+        classes whose words share that token are an error.
+    prompt_position : {"suffix", "prefix"}, default="suffix"
+        Where the soft prompt goes.
+
+        - ``"suffix"``: tokens of the template up to and including the text
+          (the *head*), then the soft prompt, then the rest of the template
+          (the *tail*, e.g. ``"\\nAnswer:"``). The head's key/value cache is
+          computed once per distinct text and reused for every candidate
+          prompt of every call, so each (prompt, text) pair costs only the
+          ``n_prompt_tokens + len(tail)`` suffix tokens. The head and the tail
+          are tokenised separately (the prompt sits between them).
+        - ``"prefix"``: [BOS if the tokenizer adds one] + soft prompt + the
+          whole filled template; a full forward per pair (no text cache).
+    batch_size : int, default=64
+        Most (prompt, text) pairs per forward pass (a memory bound). The
+        default was chosen by measurement on SmolLM2-135M (see
+        ``docs/performance.md``).
+    cache_size : int, default=100_000
+        Size of the result cache of :class:`PromptBackend`.
+    text_cache_mb : float, default=1024
+        Memory bound of the LRU cache of per-text key/value caches
+        (``"suffix"`` only); 0 disables it (each call still encodes each of
+        its texts once).
+    device : str or torch.device, default=None
+        Only with a path: ``None`` means ``"cuda"`` if available, else
+        ``"cpu"``. A model object is used where it is.
+    dtype : torch.dtype or str, default=None
+        Only with a path: ``None`` means float32.
+
+    Notes
+    -----
+    Class scores are the logits of the verbalizer tokens at the last
+    position, computed from the final hidden state and the verbalizer rows
+    of the output embedding only (plus bias and the logit scaling of the
+    architectures that have one); the full-vocabulary projection is never
+    computed. On first use the backend checks this shortcut against the
+    model's own logits and falls back to the model's full head if they
+    disagree (an unrecognised head).
+
+    Padding never changes a score: pairs are batched with explicit attention
+    masks and position ids. Scoring runs under ``torch.inference_mode`` with
+    the model in eval mode; torch's thread settings are left alone.
+
+    ``prompt_position="suffix"`` needs a model whose layers all cache keys and
+    values of the same shape (standard full attention: Llama, SmolLM, Qwen2,
+    Mistral within its window, GPT-2 ...). Its batches hold padding *between*
+    a text's cached head and the suffix, hidden by the attention mask: fine
+    for the eager and SDPA attention implementations, not for
+    flash-attention-2 (use ``prompt_position="prefix"`` there).
+
+    Pickling and cloning: ``copy.deepcopy`` (and so ``sklearn.base.clone``)
+    returns the backend itself. ``pickle`` stores the recipe (model path,
+    template, verbalizer, options) and the weights are reloaded lazily, on
+    first use, from a per-process registry keyed by the path: unpickling in
+    the same process reuses the loaded model, and each joblib worker loads it
+    at most once. A backend built from a model object pickles as the path of
+    its local directory (``model.name_or_path``) when it has one -- in-memory
+    changes to the weights are then not carried over to another process --
+    and otherwise **the pickle includes the weights**.
+
+    Examples
+    --------
+    >>> from skprompt.backends import CausalLMBackend
+    >>> from skprompt.models import default_model_path
+    >>> backend = CausalLMBackend(default_model_path(), template="Review: {text}\\nSentiment:",
+    ...                           verbalizer={"fresh": "positive", "rotten": "negative"})  # doctest: +SKIP
+    >>> import numpy as np
+    >>> prompts = np.zeros((2, 5, backend.embedding_dim), dtype=np.float32)  # doctest: +SKIP
+    >>> backend.score(prompts, ["A delight.", "A bore."], ["fresh", "rotten"]).shape  # doctest: +SKIP
+    (2, 2, 2)
+    """
+
+    _kind = "causal"
+
+    def __init__(self, model, tokenizer=None, *, template="{text}\nAnswer:", verbalizer=None,
+                 prompt_position="suffix", batch_size=_DEFAULT_BATCH_SIZE, cache_size=100_000,
+                 text_cache_mb=_DEFAULT_TEXT_CACHE_MB, device=None, dtype=None):
+        _check_placeholder(template, "text")
+        if prompt_position not in ("suffix", "prefix"):
+            raise ValueError(f"prompt_position must be 'suffix' or 'prefix'; got {prompt_position!r}.")
+        if (not isinstance(text_cache_mb, numbers.Real) or isinstance(text_cache_mb, bool)
+                or not np.isfinite(text_cache_mb) or text_cache_mb < 0):
+            raise ValueError(f"text_cache_mb must be a non-negative number; got {text_cache_mb!r}.")
+        self.prompt_position = prompt_position
+        self.text_cache_mb = text_cache_mb
+        super().__init__(model, tokenizer, template=template, verbalizer=verbalizer, batch_size=batch_size,
+                         cache_size=cache_size, device=device, dtype=dtype)
+
+    def _validate_template(self):
+        head, tail = self.template.split("{text}")
+        self._head_template, self._tail_text = head, tail
+
+    # -- runtime state ------------------------------------------------------------
+    def _init_runtime_state(self):
+        super()._init_runtime_state()
+        self._text_cache = OrderedDict()  # head string -> _TextEntry
+        self._text_cache_bytes = 0
+        self._text_stats = {"hits": 0, "misses": 0, "head_forwards": 0, "forwards": 0}
+        self._tail_ids = None
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        for key in ("_text_cache", "_text_cache_bytes", "_text_stats", "_tail_ids"):
+            state.pop(key, None)
+        return state
+
+    def text_cache_info(self):
+        """dict: state of the per-text key/value cache.
+
+        ``hits`` / ``misses``: texts found / not found in the cache;
+        ``head_forwards``: forward passes that encoded texts; ``forwards``:
+        forward passes that scored (prompt, text) pairs; ``entries``;
+        ``size_mb``; ``max_mb``.
+        """
+        with self._lock:
+            info = dict(self._text_stats)
+            info.update(entries=len(self._text_cache), size_mb=self._text_cache_bytes / 2**20,
+                        max_mb=float(self.text_cache_mb))
+        return info
+
+    def clear_text_cache(self):
+        """Drop every cached text key/value cache."""
+        with self._lock:
+            self._text_cache.clear()
+            self._text_cache_bytes = 0
+
+    # -- scoring ------------------------------------------------------------------
+    def _score(self, prompt_embeddings, texts, classes):
+        token_ids = self._class_token_ids(classes)
+        handle = self._get_handle()
+        readout = handle.readout()
+        n_prompts, n_texts = prompt_embeddings.shape[0], len(texts)
+        out = np.empty((n_prompts, n_texts, len(token_ids)), dtype=np.float32)
+        with torch.inference_mode():
+            prompts = self._prompt_tensor(prompt_embeddings, handle)
+            if self.prompt_position == "suffix":
+                self._score_suffix(handle, readout, prompts, texts, token_ids, out)
+            else:
+                self._score_prefix(handle, readout, prompts, texts, token_ids, out)
+        return out
+
+    def _tail(self, handle):
+        if self._tail_ids is None:
+            self._tail_ids = handle.encode(self._tail_text) if self._tail_text else []
+        return self._tail_ids
+
+    # ---- suffix layout: cached head, batched suffix
+    def _score_suffix(self, handle, readout, prompts, texts, token_ids, out):
+        n_prompts = prompts.shape[0]
+        tail = self._tail(handle)
+        suffix = torch.cat([prompts, handle.embed(tail).unsqueeze(0).expand(n_prompts, -1, -1)], dim=1)
+        n_suffix = suffix.shape[1]
+        heads = [self._head_template + t for t in texts]
+        columns = {}  # head string -> output columns (a text may appear twice)
+        for j, head in enumerate(heads):
+            columns.setdefault(head, []).append(j)
+
+        # Lengths, to sort the texts so that a micro-batch pads little: from
+        # the cache, or by tokenising the texts not in it.
+        lengths, token_cache = {}, {}
+        with self._lock:
+            for head in columns:
+                entry = self._text_cache.get(head)
+                if entry is not None:
+                    lengths[head] = entry.length
+            self._text_stats["hits"] += len(lengths)
+            self._text_stats["misses"] += len(columns) - len(lengths)
+        missing = [h for h in columns if h not in lengths]
+        if missing:
+            for head, ids in zip(missing, self._head_ids(handle, missing)):
+                token_cache[head] = ids
+                lengths[head] = len(ids)
+        if n_suffix == 0 and any(n == 0 for n in lengths.values()):
+            raise BackendError("Nothing to score: an empty text, a template that ends with '{text}' "
+                               "and no soft prompt give an empty input.")
+        order = sorted(columns, key=lambda h: lengths[h])
+
+        # Stream the (text, prompt) pairs text-major. Texts' key/value caches
+        # are fetched (or encoded, batch_size texts per forward) just ahead of
+        # their pairs and dropped from this call once their pairs are done, so
+        # the memory held is bounded whatever the number of texts.
+        live = {}
+        next_fetch = 0
+        batch = []
+
+        def flush():
+            entries = [live[h] for h, _ in batch]
+            p_idx = [p for _, p in batch]
+            scores = self._suffix_scores(handle, readout, entries, suffix[p_idx], token_ids).cpu().numpy()
+            for row, (head, p) in enumerate(batch):
+                out[p, columns[head]] = scores[row]
+
+        for position, head in enumerate(order):
+            if head not in live:
+                chunk = order[max(position, next_fetch): position + self.batch_size]
+                live.update(self._text_entries(handle, chunk, token_cache))
+                next_fetch = position + len(chunk)
+            for p in range(n_prompts):
+                batch.append((head, p))
+                if len(batch) == self.batch_size:
+                    flush()
+                    done = {h for h, _ in batch}
+                    if p < n_prompts - 1:
+                        done.discard(head)
+                    batch = []
+                    for h in done:
+                        live.pop(h, None)
+        if batch:
+            flush()
+
+    def _suffix_scores(self, handle, readout, entries, suffix, token_ids):
+        """Class scores (B, C) of a micro-batch: text caches ``entries``, suffixes (B, S, D)."""
+        device = handle.device
+        n_suffix = suffix.shape[1]
+        if n_suffix == 0:  # no prompt, no tail: the head's last position is the readout
+            last = torch.stack([e.last_out for e in entries])
+            if readout.fast:
+                return readout.logits(last, token_ids)
+            return last.index_select(-1, torch.as_tensor(token_ids, device=device)).float()
+        lengths = torch.tensor([e.length for e in entries], device=device)
+        max_len = int(lengths.max())
+        # Keys are [head padded to max_len | suffix]. The 2-D mask hides each
+        # row's padding; the library adds causality from the cache length, and
+        # the position ids continue each text's own head.
+        key_pos = torch.arange(max_len + n_suffix, device=device)
+        attention = (key_pos[None, :] < lengths[:, None]) | (key_pos[None, :] >= max_len)
+        position_ids = lengths[:, None] + torch.arange(n_suffix, device=device)[None, :]
+        kwargs = {"inputs_embeds": suffix, "attention_mask": attention.long(), "position_ids": position_ids,
+                  "use_cache": True}
+        if max_len > 0:
+            # Pad each distinct text's cache once; pairs of one text share it.
+            distinct, pick = {}, []
+            for e in entries:
+                pick.append(distinct.setdefault(id(e), (len(distinct), e))[0])
+            padded = _pad_kv([e for _, e in distinct.values()], max_len)  # (layers, 2, T, heads, H, hd)
+            stacked = padded.index_select(2, torch.tensor(pick, device=device))
+            kwargs[handle.cache_kwarg] = handle.make_cache((stacked[i, 0], stacked[i, 1])
+                                                           for i in range(stacked.shape[0]))
+        with self._lock:
+            self._text_stats["forwards"] += 1
+        if readout.fast:
+            return readout.logits(handle.base(**kwargs).last_hidden_state[:, -1], token_ids)
+        logits = handle.model(**kwargs).logits[:, -1]
+        return logits.index_select(-1, torch.as_tensor(token_ids, device=device)).float()
+
+    def _head_ids(self, handle, heads):
+        prefix = handle.special_prefix()
+        return [prefix + ids for ids in handle.encode_batch(heads)]
+
+    def _text_entries(self, handle, heads, token_cache):
+        """Per-text key/value caches of ``heads`` (strings), from the LRU or encoded."""
+        found, missing = {}, []
+        with self._lock:
+            for head in heads:
+                entry = self._text_cache.get(head)
+                if entry is None:
+                    missing.append(head)
+                else:
+                    self._text_cache.move_to_end(head)
+                    found[head] = entry
+        if missing:
+            unknown = [h for h in missing if h not in token_cache]
+            if unknown:  # evicted since this call looked: tokenise again
+                token_cache.update(zip(unknown, self._head_ids(handle, unknown)))
+            computed = self._encode_heads(handle, {h: token_cache[h] for h in missing})
+            found.update(computed)
+            limit = float(self.text_cache_mb) * 2**20
+            with self._lock:
+                for head, entry in computed.items():
+                    if entry.nbytes > limit or head in self._text_cache:
+                        continue
+                    self._text_cache[head] = entry
+                    self._text_cache_bytes += entry.nbytes
+                while self._text_cache_bytes > limit and self._text_cache:
+                    _, old = self._text_cache.popitem(last=False)
+                    self._text_cache_bytes -= old.nbytes
+        return found
+
+    def _encode_heads(self, handle, head_ids):
+        """Run heads (dict head -> token ids) through the model, right-padded:
+        no mask is needed, a causal model never looks at the padding after a text."""
+        readout = handle.readout()
+        result = {}
+        heads = sorted(head_ids, key=lambda h: len(head_ids[h]))
+        nonempty = [h for h in heads if head_ids[h]]
+        for head in heads:
+            if not head_ids[head]:
+                result[head] = _TextEntry(None, None, 0)
+        for batch in _length_buckets(nonempty, lambda h: len(head_ids[h]), self.batch_size):
+            lengths = [len(head_ids[h]) for h in batch]
+            input_ids = torch.zeros((len(batch), max(lengths)), dtype=torch.long)
+            for row, head in enumerate(batch):
+                input_ids[row, : lengths[row]] = torch.as_tensor(head_ids[head])
+            input_ids = input_ids.to(handle.device)
+            kwargs = {"input_ids": input_ids, "use_cache": True}
+            if not handle.legacy_cache:
+                cache = kwargs[handle.cache_kwarg] = _new_cache()
+            result_out = (handle.base if readout.fast else handle.model)(**kwargs)
+            outputs = result_out.last_hidden_state if readout.fast else result_out.logits
+            if handle.legacy_cache:
+                layers = [tuple(layer[:2]) for layer in result_out.past_key_values]
+            else:
+                layers = _cache_layers(cache)
+            shapes = {tuple(t.shape) for kv in layers for t in kv}
+            if len(shapes) != 1:
+                raise BackendError(
+                    "prompt_position='suffix' needs a model whose layers all cache keys/values of one shape; "
+                    f"{type(handle.model).__name__} does not. Use prompt_position='prefix'."
+                )
+            kv = torch.stack([torch.stack([k, v]) for k, v in layers])  # (layers, 2, B, heads, width, hd)
+            for row, head in enumerate(batch):
+                n = lengths[row]
+                result[head] = _TextEntry(kv[:, :, row, :, :n].clone(), outputs[row, n - 1].clone(), n)
+            with self._lock:
+                self._text_stats["head_forwards"] += 1
+        return result
+
+    # ---- prefix layout: full forward
+    def _score_prefix(self, handle, readout, prompts, texts, token_ids, out):
+        n_prompts, n_tokens = prompts.shape[0], prompts.shape[1]
+        prefix = handle.special_prefix()
+        bodies = handle.encode_batch([self._head_template + t + self._tail_text for t in texts])
+        lengths = np.array([len(prefix) + n_tokens + len(b) for b in bodies])
+        if np.any(lengths == 0):
+            raise BackendError("Nothing to score: an empty text with an empty template and no soft prompt.")
+        order = np.argsort(lengths, kind="stable")
+        prefix_emb = handle.embed(prefix) if prefix else None
+        for batch in _pairs_batches(order, n_prompts, self.batch_size):
+            width = int(max(lengths[j] for j, _ in batch))
+            x = torch.zeros((len(batch), width, prompts.shape[2]), dtype=prompts.dtype, device=handle.device)
+            embedded = {}
+            for row, (j, p) in enumerate(batch):
+                if j not in embedded:
+                    embedded[j] = handle.embed(bodies[j]) if bodies[j] else None
+                pos = 0
+                if prefix_emb is not None:
+                    x[row, : len(prefix)] = prefix_emb
+                    pos = len(prefix)
+                x[row, pos: pos + n_tokens] = prompts[p]
+                pos += n_tokens
+                if embedded[j] is not None:
+                    x[row, pos: pos + len(bodies[j])] = embedded[j]
+            last = torch.as_tensor(lengths[[j for j, _ in batch]] - 1, device=handle.device)
+            rows = torch.arange(len(batch), device=handle.device)
+            with self._lock:
+                self._text_stats["forwards"] += 1
+            # Right padding and a causal model: no token looks at the padding.
+            if readout.fast:
+                hidden = handle.base(inputs_embeds=x, use_cache=False).last_hidden_state[rows, last]
+                scores = readout.logits(hidden, token_ids)
+            else:
+                logits = handle.model(inputs_embeds=x, use_cache=False).logits[rows, last]
+                scores = logits.index_select(-1, torch.as_tensor(token_ids, device=handle.device)).float()
+            out[[p for _, p in batch], [j for j, _ in batch]] = scores.cpu().numpy()
+
+    def __repr__(self):
+        return (f"CausalLMBackend({self._model_name()!r}, template={self.template!r}, "
+                f"prompt_position={self.prompt_position!r})")
+
+
+class _TextEntry:
+    """A text's head: key/value cache (layers, 2, kv_heads, length, head_dim),
+    the output at its last token, and its length in tokens."""
+
+    __slots__ = ("kv", "last_out", "length", "nbytes")
+
+    def __init__(self, kv, last_out, length):
+        self.kv = kv
+        self.last_out = last_out  # final hidden state (or full logits with an unrecognised head)
+        self.length = length
+        self.nbytes = 0 if kv is None else kv.numel() * kv.element_size() + last_out.numel() * last_out.element_size()
+
+
+def _pad_kv(entries, max_len):
+    """Stack the entries' caches, right-padded with zeros to ``max_len`` tokens:
+    (layers, 2, n_entries, kv_heads, max_len, head_dim)."""
+    ref = next(e.kv for e in entries if e.kv is not None)
+    n_layers, _, n_heads, _, head_dim = ref.shape
+    padded = ref.new_zeros((n_layers, 2, len(entries), n_heads, max_len, head_dim))
+    for i, e in enumerate(entries):
+        if e.length:
+            padded[:, :, i, :, : e.length] = e.kv
+    return padded
+
+
+# --------------------------------------------------------------------------
+# Masked LM
+# --------------------------------------------------------------------------
+
+
+class MaskedLMBackend(_HFBackend):
+    """A local transformers masked language model (BERT, RoBERTa ...).
+
+    The setting of the Black-Box Tuning papers: the input is the first
+    special token (``[CLS]`` / ``<s>``), the soft prompt, the tokens of the
+    filled template with the tokenizer's mask token where ``{mask}`` is, and
+    the closing special token (``[SEP]`` / ``</s>``); the class scores are the
+    masked-LM logits of the verbalizer tokens at the mask (those rows of the
+    output layer only). A full forward per (prompt, text) pair, batched with
+    right padding and an attention mask, so padding never changes a score.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel or str or os.PathLike
+        A masked-LM object (``...ForMaskedLM``), or its local directory
+        (loaded with ``AutoModelForMaskedLM``; nothing is downloaded).
+    tokenizer : transformers tokenizer, str or None, default=None
+        Needs a mask token. Required with a model object unless loadable from
+        ``model.name_or_path``.
+    template : str, default="{text} It was {mask}."
+        Must contain ``{text}`` and ``{mask}`` exactly once each. The part
+        before ``{mask}`` is tokenised without its trailing whitespace: the
+        label token carries its own leading space (see ``verbalizer``).
+    verbalizer : dict or None, default=None
+        Class label -> label word, read as in :class:`CausalLMBackend` (first
+        token of ``" " + word``). ``None`` uses ``str(label)``.
+    batch_size : int, default=64
+        Most (prompt, text) pairs per forward pass.
+    cache_size : int, default=100_000
+        Size of the result cache of :class:`PromptBackend`.
+    device, dtype
+        As in :class:`CausalLMBackend` (only with a path).
+
+    Notes
+    -----
+    No real masked LM with its MLM head is available offline in this
+    project's environment (only the causal SmolLM2 ships as a package). This
+    backend is therefore tested with tiny, randomly initialised BERT and
+    RoBERTa models built from their configs, with small word-level tokenizers
+    built in the tests (``tokenizers.Tokenizer`` wrapped in
+    ``PreTrainedTokenizerFast`` with CLS/SEP/MASK/PAD tokens), against a naive
+    full-vocabulary forward. Texts longer than the model's position limit are
+    refused with an error (no silent truncation).
+
+    Pickling and cloning behave as in :class:`CausalLMBackend`.
+    """
+
+    _kind = "masked"
+
+    def __init__(self, model, tokenizer=None, *, template="{text} It was {mask}.", verbalizer=None,
+                 batch_size=_DEFAULT_BATCH_SIZE, cache_size=100_000, device=None, dtype=None):
+        _check_placeholder(template, "text")
+        _check_placeholder(template, "mask")
+        super().__init__(model, tokenizer, template=template, verbalizer=verbalizer, batch_size=batch_size,
+                         cache_size=cache_size, device=device, dtype=dtype)
+
+    def _validate_template(self):
+        tok = self._get_handle().tokenizer
+        if tok.mask_token_id is None:
+            raise ValueError(f"The tokenizer of {self._model_name()!r} has no mask token; MaskedLMBackend needs one.")
+        left, right = self.template.split("{mask}")
+        self._left_template, self._right_template = left, right
+
+    def _specials(self, handle):
+        tok = handle.tokenizer
+        first = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
+        last = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
+        return ([first] if first is not None else []), ([last] if last is not None else [])
+
+    def _score(self, prompt_embeddings, texts, classes):
+        token_ids = self._class_token_ids(classes)
+        handle = self._get_handle()
+        readout = handle.readout()
+        tok = handle.tokenizer
+        first, last = self._specials(handle)
+        n_prompts, n_tokens, dim = prompt_embeddings.shape
+        lefts = [self._left_template.replace("{text}", t).rstrip() for t in texts]
+        rights = [self._right_template.replace("{text}", t) for t in texts]
+        left_ids = handle.encode_batch(lefts)
+        right_ids = handle.encode_batch(rights)
+        bodies = [li + [tok.mask_token_id] + ri for li, ri in zip(left_ids, right_ids)]
+        mask_pos = np.array([len(first) + n_tokens + len(li) for li in left_ids])
+        lengths = np.array([len(first) + n_tokens + len(b) + len(last) for b in bodies])
+        limit = getattr(handle.model.config, "max_position_embeddings", None)
+        if limit:
+            # RoBERTa-style position ids start after the padding index.
+            usable = limit - (getattr(handle.model.config, "pad_token_id", 0) + 1
+                              if handle.model.config.model_type in ("roberta", "xlm-roberta", "camembert") else 0)
+            too_long = np.flatnonzero(lengths > usable)
+            if too_long.size:
+                raise BackendError(
+                    f"{too_long.size} text(s) are too long for {self._model_name()!r}: e.g. text {too_long[0]} "
+                    f"needs {lengths[too_long[0]]} positions (soft prompt included), the model has {usable}."
+                )
+        out = np.empty((n_prompts, len(texts), len(token_ids)), dtype=np.float32)
+        order = np.argsort(lengths, kind="stable")
+        with torch.inference_mode():
+            prompts = self._prompt_tensor(prompt_embeddings, handle)
+            first_emb = handle.embed(first) if first else None
+            last_emb = handle.embed(last) if last else None
+            for batch in _pairs_batches(order, n_prompts, self.batch_size):
+                width = int(max(lengths[j] for j, _ in batch))
+                x = torch.zeros((len(batch), width, dim), dtype=prompts.dtype, device=handle.device)
+                attention = torch.zeros((len(batch), width), dtype=torch.long, device=handle.device)
+                embedded = {}
+                for row, (j, p) in enumerate(batch):
+                    if j not in embedded:
+                        embedded[j] = handle.embed(bodies[j])
+                    pos = 0
+                    if first_emb is not None:
+                        x[row, :1] = first_emb
+                        pos = 1
+                    x[row, pos: pos + n_tokens] = prompts[p]
+                    pos += n_tokens
+                    x[row, pos: pos + len(bodies[j])] = embedded[j]
+                    pos += len(bodies[j])
+                    if last_emb is not None:
+                        x[row, pos: pos + 1] = last_emb
+                    attention[row, : lengths[j]] = 1
+                at = torch.as_tensor(mask_pos[[j for j, _ in batch]], device=handle.device)
+                rows = torch.arange(len(batch), device=handle.device)
+                if readout.fast:
+                    hidden = handle.base(inputs_embeds=x, attention_mask=attention).last_hidden_state[rows, at]
+                    scores = readout.logits(hidden, token_ids)
+                else:
+                    logits = handle.model(inputs_embeds=x, attention_mask=attention).logits[rows, at]
+                    scores = logits.index_select(-1, torch.as_tensor(token_ids, device=handle.device)).float()
+                out[[p for _, p in batch], [j for j, _ in batch]] = scores.cpu().numpy()
+        return out
+
+    def __repr__(self):
+        return f"MaskedLMBackend({self._model_name()!r}, template={self.template!r})"

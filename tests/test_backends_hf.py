@@ -1,0 +1,499 @@
+"""Transformers backends on tiny random models (fast; no real model needed).
+
+Every score is checked against a naive reference written here: the prompt
+inserted as embeddings into the full input, one sequence at a time, the
+model's own full-vocabulary logits, log-softmax over the verbalizer tokens.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from conftest import CAUSAL_TEMPLATE, TEXTS, VERBALIZER  # noqa: E402
+
+from skprompt.backends import BackendError, CausalLMBackend, MaskedLMBackend  # noqa: E402
+from skprompt.backends import huggingface as hf  # noqa: E402
+
+CLASSES = ["fresh", "rotten"]
+TOL = 1e-4
+
+
+# ---------------------------------------------------------------- references
+def _word_id(tok, word):
+    return tok(" " + word, add_special_tokens=False)["input_ids"][0]
+
+
+def naive_causal(model, tok, prompts, texts, template, words, position="suffix"):
+    """Full forward per (prompt, text), full-vocabulary logits at the last position."""
+    emb = model.get_input_embeddings()
+    ids = [_word_id(tok, w) for w in words]
+    head_t, tail_t = template.split("{text}")
+    out = np.empty((len(prompts), len(texts), len(ids)))
+    with torch.no_grad():
+        for p, prompt in enumerate(prompts):
+            prompt = torch.as_tensor(prompt, dtype=torch.float32)
+            for j, text in enumerate(texts):
+                if position == "suffix":
+                    head = tok(head_t + text)["input_ids"]  # the test tokenizer adds <s> only
+                    tail = tok(tail_t, add_special_tokens=False)["input_ids"]
+                    parts = [emb(torch.tensor(head, dtype=torch.long)), prompt,
+                             emb(torch.tensor(tail, dtype=torch.long))]
+                else:
+                    body = tok(head_t + text + tail_t, add_special_tokens=False)["input_ids"]
+                    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+                    parts = [emb(torch.tensor(bos, dtype=torch.long)), prompt,
+                             emb(torch.tensor(body, dtype=torch.long))]
+                x = torch.cat(parts)[None]
+                logits = model(inputs_embeds=x).logits[0, -1]
+                out[p, j] = torch.log_softmax(logits[ids].double(), -1).numpy()
+    return out
+
+
+def naive_masked(model, tok, prompts, texts, template, words):
+    """[CLS] + prompt + template tokens with the mask + [SEP]; full logits at the mask."""
+    emb = model.get_input_embeddings()
+    ids = [_word_id(tok, w) for w in words]
+    left_t, right_t = template.split("{mask}")
+    out = np.empty((len(prompts), len(texts), len(ids)))
+    with torch.no_grad():
+        for p, prompt in enumerate(prompts):
+            prompt = torch.as_tensor(prompt, dtype=torch.float32)
+            for j, text in enumerate(texts):
+                left = tok(left_t.replace("{text}", text).rstrip(), add_special_tokens=False)["input_ids"]
+                right = tok(right_t.replace("{text}", text), add_special_tokens=False)["input_ids"]
+                body = [tok.cls_token_id] + left + [tok.mask_token_id] + right + [tok.sep_token_id]
+                e = emb(torch.tensor(body, dtype=torch.long))
+                x = torch.cat([e[:1], prompt, e[1:]])[None]
+                logits = model(inputs_embeds=x).logits[0, 1 + len(prompt) + len(left)]
+                out[p, j] = torch.log_softmax(logits[ids].double(), -1).numpy()
+    return out
+
+
+def random_prompts(backend, n_prompts, n_tokens, seed=0):
+    rng = np.random.default_rng(seed)
+    mean, std = backend.embedding_stats()
+    return (mean + std * rng.standard_normal((n_prompts, n_tokens, backend.embedding_dim))).astype(np.float32)
+
+
+def assert_nontrivial(scores):
+    # Guard against a vacuous comparison: the scores must really depend on
+    # the prompt and the text.
+    probs = np.exp(scores[..., 0])
+    assert probs.std() > 0.02, probs
+
+
+@pytest.fixture
+def llama(tiny_llama_dir):
+    return CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0)
+
+
+# ------------------------------------------------------------ causal, suffix
+def test_suffix_scores_match_naive_full_forward(llama):
+    prompts = random_prompts(llama, 3, 4)
+    scores = llama.score(prompts, TEXTS, CLASSES)
+    ref = naive_causal(llama.model, llama.tokenizer, prompts, TEXTS, CAUSAL_TEMPLATE, ["positive", "negative"])
+    assert_nontrivial(ref)
+    np.testing.assert_allclose(scores, ref, atol=TOL)
+
+
+def test_suffix_padding_invariance(tiny_llama_dir):
+    # Texts of very different lengths in one micro-batch vs each text alone.
+    big = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0,
+                          batch_size=64)
+    one = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0,
+                          batch_size=1, text_cache_mb=0)
+    prompts = random_prompts(big, 2, 3, seed=1)
+    batched = big.score(prompts, TEXTS, CLASSES)
+    assert big.text_cache_info()["forwards"] == 1  # all 8 pairs in one padded forward
+    alone = np.stack([np.concatenate([one.score(prompts[p:p + 1], [t], CLASSES) for t in TEXTS], axis=1)[0]
+                      for p in range(len(prompts))])
+    assert_nontrivial(alone)
+    np.testing.assert_allclose(batched, alone, atol=TOL)
+
+
+def test_suffix_without_prompt_tokens(llama):
+    prompts = np.zeros((1, 0, llama.embedding_dim), dtype=np.float32)
+    scores = llama.score(prompts, TEXTS, CLASSES)
+    ref = naive_causal(llama.model, llama.tokenizer, prompts, TEXTS, CAUSAL_TEMPLATE, ["positive", "negative"])
+    np.testing.assert_allclose(scores, ref, atol=TOL)
+
+
+def test_template_ending_with_text_and_no_prompt(tiny_llama_dir):
+    # No prompt and no tail: the readout is the head's last position, from the text cache.
+    backend = CausalLMBackend(tiny_llama_dir, template="Review: {text}", verbalizer=VERBALIZER, cache_size=0)
+    empty = np.zeros((1, 0, backend.embedding_dim), dtype=np.float32)
+    ref = naive_causal(backend.model, backend.tokenizer, empty, TEXTS, "Review: {text}", ["positive", "negative"])
+    np.testing.assert_allclose(backend.score(empty, TEXTS, CLASSES), ref, atol=TOL)
+    prompts = random_prompts(backend, 2, 2)
+    ref = naive_causal(backend.model, backend.tokenizer, prompts, TEXTS, "Review: {text}", ["positive", "negative"])
+    np.testing.assert_allclose(backend.score(prompts, TEXTS, CLASSES), ref, atol=TOL)
+
+
+def test_prefix_layout_matches_naive(tiny_llama_dir):
+    backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER,
+                              prompt_position="prefix", cache_size=0, batch_size=5)
+    prompts = random_prompts(backend, 3, 4, seed=2)
+    scores = backend.score(prompts, TEXTS, CLASSES)
+    ref = naive_causal(backend.model, backend.tokenizer, prompts, TEXTS, CAUSAL_TEMPLATE,
+                       ["positive", "negative"], position="prefix")
+    assert_nontrivial(ref)
+    np.testing.assert_allclose(scores, ref, atol=TOL)
+    # The two layouts are different inputs, so they give different scores.
+    suffix = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0)
+    assert np.abs(suffix.score(prompts, TEXTS, CLASSES) - scores).max() > 1e-3
+
+
+def test_gpt2_learned_positions(tiny_gpt2_dir):
+    # GPT-2: learned absolute positions, no BOS added, biases everywhere.
+    backend = CausalLMBackend(tiny_gpt2_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0,
+                              batch_size=5)
+    prompts = random_prompts(backend, 2, 3, seed=3)
+    scores = backend.score(prompts, TEXTS, CLASSES)
+    model, tok = backend.model, backend.tokenizer
+    ref = naive_causal(model, tok, prompts, TEXTS, CAUSAL_TEMPLATE, ["positive", "negative"])
+    assert_nontrivial(ref)
+    np.testing.assert_allclose(scores, ref, atol=TOL)
+
+
+def test_readout_equals_model_head(llama):
+    # The verbalizer rows of the output layer give exactly the model's own logits.
+    handle = llama._get_handle()
+    readout = handle.readout()
+    assert readout.fast
+    hidden = torch.randn(5, llama.embedding_dim)
+    ids = [3, 17, 42]
+    with torch.no_grad():
+        expected = llama.model.get_output_embeddings()(hidden)[:, ids]
+        got = readout.logits(hidden, ids)
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-5)
+
+
+def test_full_head_fallback_gives_same_scores(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    fast = CausalLMBackend(model, tok, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0)
+    slow = CausalLMBackend(model, tok, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0)
+    slow._handle = hf._ModelHandle(model, tok, "causal")
+    slow._handle._readout = hf._Readout(False)  # as for an unrecognised output head
+    prompts = random_prompts(fast, 2, 3)
+    np.testing.assert_allclose(slow.score(prompts, TEXTS, CLASSES), fast.score(prompts, TEXTS, CLASSES), atol=TOL)
+
+
+# ---------------------------------------------------------------- text cache
+def test_text_cache_is_reused_across_calls(llama):
+    p1, p2 = random_prompts(llama, 3, 2, seed=4), random_prompts(llama, 5, 2, seed=5)
+    llama.score(p1, TEXTS, CLASSES)
+    first = llama.text_cache_info()
+    assert first["misses"] == len(TEXTS) and first["hits"] == 0 and first["entries"] == len(TEXTS)
+    assert first["head_forwards"] >= 1
+    second_scores = llama.score(p2, TEXTS, CLASSES)
+    second = llama.text_cache_info()
+    assert second["hits"] == len(TEXTS)
+    assert second["head_forwards"] == first["head_forwards"]  # no text encoded again
+    assert second["forwards"] > first["forwards"]
+    # ... and the cached heads give the same scores as freshly encoded ones.
+    fresh = CausalLMBackend(llama.model_path, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0,
+                            text_cache_mb=0)
+    np.testing.assert_allclose(second_scores, fresh.score(p2, TEXTS, CLASSES), atol=TOL)
+    assert fresh.text_cache_info()["entries"] == 0
+
+
+def test_text_cache_respects_memory_bound(tiny_llama_dir):
+    probe = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0)
+    prompts = random_prompts(probe, 2, 2)
+    expected = probe.score(prompts, TEXTS, CLASSES)
+    sizes = [e.nbytes for e in probe._text_cache.values()]
+    bound_mb = (sorted(sizes)[0] + sorted(sizes)[1]) / 2**20  # room for two small texts at most
+    backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0,
+                              text_cache_mb=bound_mb, batch_size=2)
+    np.testing.assert_allclose(backend.score(prompts, TEXTS, CLASSES), expected, atol=TOL)
+    info = backend.text_cache_info()
+    assert 1 <= info["entries"] <= 2
+    assert info["size_mb"] <= bound_mb + 1e-12
+
+
+def test_duplicate_texts_and_result_cache(tiny_llama_dir):
+    backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER)
+    prompts = random_prompts(backend, 2, 2)
+    texts = [TEXTS[0], TEXTS[1], TEXTS[0]]
+    scores = backend.score(prompts, texts, CLASSES)
+    np.testing.assert_array_equal(scores[:, 0], scores[:, 2])
+    assert backend.text_cache_info()["misses"] == 2
+    again = backend.score(prompts, texts, CLASSES)
+    np.testing.assert_array_equal(again, scores)
+    assert backend.stats["cached_pairs"] == 6
+
+
+def test_concurrent_calls_agree_with_sequential(tiny_llama_dir):
+    backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0,
+                              batch_size=3)
+    prompt_sets = [random_prompts(backend, 3, 2, seed=s) for s in range(4)]
+    sequential = [backend.score(p, TEXTS, CLASSES) for p in prompt_sets]
+    backend.clear_text_cache()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        parallel = list(pool.map(lambda p: backend.score(p, TEXTS, CLASSES), prompt_sets))
+    for a, b in zip(sequential, parallel):
+        np.testing.assert_allclose(a, b, atol=TOL)
+
+
+# -------------------------------------------------------------- verbalizer
+def test_labels_are_argmax_of_scores(llama):
+    prompts = random_prompts(llama, 4, 3, seed=6)
+    scores = llama.score(prompts, TEXTS, CLASSES)
+    labels = llama.predict_labels(prompts, TEXTS, CLASSES)
+    np.testing.assert_array_equal(labels, scores.argmax(-1))
+    assert len(np.unique(labels)) == 2  # both classes occur: the check is not vacuous
+
+
+def test_class_order_follows_classes(llama):
+    prompts = random_prompts(llama, 2, 2)
+    forward = llama.score(prompts, TEXTS, ["fresh", "rotten"])
+    backward = llama.score(prompts, TEXTS, ["rotten", "fresh"])
+    np.testing.assert_allclose(forward, backward[..., ::-1], atol=1e-12)
+
+
+def test_default_verbalizer_uses_label_strings(tiny_llama_dir):
+    backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, cache_size=0)
+    prompts = random_prompts(backend, 2, 2)
+    scores = backend.score(prompts, TEXTS, ["great", "terrible"])
+    ref = naive_causal(backend.model, backend.tokenizer, prompts, TEXTS, CAUSAL_TEMPLATE, ["great", "terrible"])
+    np.testing.assert_allclose(scores, ref, atol=TOL)
+    # numpy string labels (as in classes_) resolve to the same words
+    np.testing.assert_allclose(backend.score(prompts, TEXTS, np.array(["great", "terrible"])), scores)
+
+
+def test_label_word_with_leading_space_is_kept(tiny_llama_dir):
+    a = CausalLMBackend(tiny_llama_dir, verbalizer={"fresh": "positive", "rotten": "negative"})
+    b = CausalLMBackend(tiny_llama_dir, verbalizer={"fresh": " positive", "rotten": " negative"})
+    assert a._class_token_ids(CLASSES) == b._class_token_ids(CLASSES)
+    tok = a.tokenizer
+    assert a._class_token_ids(CLASSES) == [_word_id(tok, "positive"), _word_id(tok, "negative")]
+
+
+def test_verbalizer_errors(tiny_llama_dir):
+    backend = CausalLMBackend(tiny_llama_dir, verbalizer=VERBALIZER)
+    with pytest.raises(BackendError, match="'neutral'.*missing from the verbalizer"):
+        backend.check_classes(["fresh", "rotten", "neutral"])
+    with pytest.raises(BackendError, match="missing from the verbalizer"):
+        backend.score(np.zeros((1, 1, backend.embedding_dim)), ["x"], ["fresh", "meh"])
+    # " positive" and " positively" start with the same token here.
+    tok = backend.tokenizer
+    assert _word_id(tok, "positive") == _word_id(tok, "positivexyz")
+    with pytest.raises(ValueError, match="share the same first token"):
+        CausalLMBackend(tiny_llama_dir, verbalizer={"a": "positive", "b": "positivexyz"})
+    default = CausalLMBackend(tiny_llama_dir)
+    with pytest.raises(BackendError, match="share the same first token"):
+        default.check_classes(["positive", "positivexyz"])
+    for bad in ({"fresh": 1, "rotten": "negative"}, {"fresh": "  ", "rotten": "negative"}, {}, ["positive"]):
+        with pytest.raises(ValueError, match="verbalizer"):
+            CausalLMBackend(tiny_llama_dir, verbalizer=bad)
+
+
+def test_template_and_option_errors(tiny_llama_dir):
+    for template in ("no placeholder", "{text} and {text}", 3):
+        with pytest.raises(ValueError, match="template"):
+            CausalLMBackend(tiny_llama_dir, template=template)
+    with pytest.raises(ValueError, match="prompt_position"):
+        CausalLMBackend(tiny_llama_dir, prompt_position="middle")
+    with pytest.raises(ValueError, match="batch_size"):
+        CausalLMBackend(tiny_llama_dir, batch_size=0)
+    with pytest.raises(ValueError, match="text_cache_mb"):
+        CausalLMBackend(tiny_llama_dir, text_cache_mb=-1)
+    with pytest.raises(ValueError, match="local model directory"):
+        CausalLMBackend("/nonexistent/model/dir")
+    with pytest.raises(ValueError, match="model must be"):
+        CausalLMBackend(object())
+    # Braces other than {text} are literal.
+    backend = CausalLMBackend(tiny_llama_dir, template="{x} Review: {text}\nSentiment:", verbalizer=VERBALIZER)
+    assert backend._head_template == "{x} Review: "
+
+
+def test_prompt_shape_is_validated(llama):
+    with pytest.raises(BackendError, match="prompt_embeddings must have shape"):
+        llama.score(np.zeros((1, 2, llama.embedding_dim + 1)), TEXTS, CLASSES)
+
+
+# ----------------------------------------------------- facts, copy, pickle
+def test_embedding_facts(llama):
+    table = llama.model.get_input_embeddings().weight.detach().double().numpy()
+    mean, std = llama.embedding_stats()
+    assert llama.embedding_dim == table.shape[1] == mean.shape[0]
+    np.testing.assert_allclose(mean, table.mean(axis=0), rtol=1e-10)
+    assert std == pytest.approx(table.std(), rel=1e-10)
+    mean[:] = 0  # callers get a copy
+    assert np.abs(llama.embedding_stats()[0]).max() > 0
+
+
+def test_deepcopy_returns_self(llama):
+    assert copy.deepcopy(llama) is llama
+    assert copy.deepcopy({"b": llama})["b"] is llama
+
+
+def test_pickle_is_a_recipe_and_reuses_the_loaded_model(llama, monkeypatch):
+    prompts = random_prompts(llama, 2, 3)
+    expected = llama.score(prompts, TEXTS, CLASSES)
+    data = pickle.dumps(llama)
+    n_params = sum(p.numel() for p in llama.model.parameters())
+    assert len(data) < n_params  # no weights inside (they take 4 bytes per parameter)
+
+    import transformers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights were read again")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+    restored = pickle.loads(data)
+    assert restored is not llama and restored._handle is None  # lazy
+    np.testing.assert_array_equal(restored.score(prompts, TEXTS, CLASSES), expected)
+    assert restored.model is llama.model
+    assert restored.text_cache_info()["entries"] == len(TEXTS)  # its own, fresh, cache
+    assert restored.template == llama.template and restored.verbalizer == llama.verbalizer
+
+
+def test_pickle_loads_from_path_in_a_fresh_process(llama, monkeypatch):
+    # A fresh worker process has an empty registry: the recipe loads the path.
+    prompts = random_prompts(llama, 2, 3)
+    expected = llama.score(prompts, TEXTS, CLASSES)
+    data = pickle.dumps(llama)
+    monkeypatch.setattr(hf, "_LOADED", {})
+    restored = pickle.loads(data)
+    np.testing.assert_allclose(restored.score(prompts, TEXTS, CLASSES), expected, atol=1e-6)
+    assert restored.model is not llama.model
+    assert repr(restored) == repr(llama)
+
+
+def test_pickle_of_in_memory_model_carries_weights(causal_tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(7)
+    config = LlamaConfig(vocab_size=len(causal_tokenizer), hidden_size=16, intermediate_size=32,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                         initializer_range=0.5)
+    model = LlamaForCausalLM(config)  # no directory to reload from
+    backend = CausalLMBackend(model, causal_tokenizer, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER,
+                              cache_size=0)
+    assert backend.model_path is None
+    prompts = random_prompts(backend, 2, 2)
+    expected = backend.score(prompts, TEXTS, CLASSES)
+    data = pickle.dumps(backend)
+    assert len(data) > 4 * sum(p.numel() for p in model.parameters())
+    same_process = pickle.loads(data)
+    assert same_process.model is model  # found in the per-process registry
+    hf._OBJECTS.pop(backend._object_key)  # as in another process
+    elsewhere = pickle.loads(data)
+    assert elsewhere.model is not model
+    np.testing.assert_allclose(elsewhere.score(prompts, TEXTS, CLASSES), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="tokenizer is required"):
+        CausalLMBackend(model)
+
+
+def test_model_object_with_directory_pickles_as_path(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    backend = CausalLMBackend(model, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER)  # tokenizer from the dir
+    assert backend.model_path is not None
+    data = pickle.dumps(backend)
+    assert len(data) < sum(p.numel() for p in model.parameters())
+    assert pickle.loads(data).model is model
+
+
+def test_repr_is_short(llama):
+    text = repr(llama)
+    assert text.startswith("CausalLMBackend('llama'") and "suffix" in text and len(text) < 150
+
+
+def test_load_pretrained_is_cached(tiny_llama_dir):
+    m1, t1 = hf.load_pretrained(tiny_llama_dir)
+    m2, t2 = hf.load_pretrained(tiny_llama_dir + "/")
+    assert m1 is m2 and t1 is t2
+    assert not m1.training
+
+
+def test_inference_leaves_global_torch_state_alone(llama):
+    threads = torch.get_num_threads()
+    grad = torch.is_grad_enabled()
+    llama.score(random_prompts(llama, 1, 1), TEXTS[:1], CLASSES)
+    assert torch.get_num_threads() == threads and torch.is_grad_enabled() == grad
+
+
+# -------------------------------------------------------------- masked LMs
+@pytest.mark.parametrize("which, template", [
+    ("bert", "{text} It was {mask}."),
+    ("roberta", "{text} It was {mask}."),
+    ("roberta", "{mask} review: {text}"),
+])
+def test_masked_lm_matches_naive(which, template, request):
+    path = request.getfixturevalue(f"tiny_{which}_dir")
+    words = {"fresh": "great", "rotten": "terrible"}
+    backend = MaskedLMBackend(path, template=template, verbalizer=words, cache_size=0, batch_size=3)
+    assert backend._get_handle().readout().fast
+    prompts = random_prompts(backend, 3, 4, seed=8)
+    scores = backend.score(prompts, TEXTS, CLASSES)
+    ref = naive_masked(backend.model, backend.tokenizer, prompts, TEXTS, template, ["great", "terrible"])
+    assert_nontrivial(ref)
+    np.testing.assert_allclose(scores, ref, atol=TOL)
+    # padding invariance: each text alone, unbatched
+    alone = MaskedLMBackend(path, template=template, verbalizer=words, cache_size=0, batch_size=1)
+    single = np.concatenate([alone.score(prompts, [t], CLASSES) for t in TEXTS], axis=1)
+    np.testing.assert_allclose(scores, single, atol=TOL)
+    # no soft prompt
+    empty = np.zeros((1, 0, backend.embedding_dim), dtype=np.float32)
+    ref0 = naive_masked(backend.model, backend.tokenizer, empty, TEXTS, template, ["great", "terrible"])
+    np.testing.assert_allclose(backend.score(empty, TEXTS, CLASSES), ref0, atol=TOL)
+
+
+def test_masked_lm_errors_and_pickle(tiny_bert_dir):
+    for template in ("{text} It was great.", "{mask} {mask} {text}", "It was {mask}."):
+        with pytest.raises(ValueError, match="template"):
+            MaskedLMBackend(tiny_bert_dir, template=template)
+    with pytest.raises(BackendError, match="not in the tokenizer's vocabulary"):
+        MaskedLMBackend(tiny_bert_dir, verbalizer={"a": "great", "b": "zyzzyva"})
+    backend = MaskedLMBackend(tiny_bert_dir, verbalizer={"fresh": "great", "rotten": "terrible"}, cache_size=0)
+    with pytest.raises(BackendError, match="too long"):
+        backend.score(np.zeros((1, 2, backend.embedding_dim)), ["good " * 80], CLASSES)
+    prompts = random_prompts(backend, 2, 2)
+    restored = pickle.loads(pickle.dumps(backend))
+    np.testing.assert_array_equal(restored.score(prompts, TEXTS, CLASSES), backend.score(prompts, TEXTS, CLASSES))
+    assert restored.model is backend.model
+    assert repr(backend).startswith("MaskedLMBackend('bert'")
+
+
+def test_masked_lm_readout_equals_model_head(tiny_roberta_dir):
+    backend = MaskedLMBackend(tiny_roberta_dir)
+    readout = backend._get_handle().readout()
+    hidden = torch.randn(4, backend.embedding_dim)
+    ids = [5, 9, 100]
+    with torch.no_grad():
+        expected = backend.model.lm_head(hidden)[:, ids]
+        got = readout.logits(hidden, ids)
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-5)
+
+
+# ----------------------------------------------------------- with the estimator
+def test_classifier_fits_with_causal_backend(tiny_llama_dir):
+    from sklearn.base import clone
+
+    from skprompt import BlackBoxPromptClassifier
+
+    backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER)
+    X = TEXTS * 3
+    y = np.array(["fresh", "rotten"] * 6)
+    clf = BlackBoxPromptClassifier(backend, method="bbt", n_prompt_tokens=2, intrinsic_dim=4, popsize=4,
+                                   max_iter=2, validation_fraction=None, random_state=0)
+    proba = clf.fit(X, y).predict_proba(TEXTS)
+    assert proba.shape == (len(TEXTS), 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    assert clone(clf).backend is backend
+    restored = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_allclose(restored.predict_proba(TEXTS), proba, atol=1e-9)
