@@ -89,7 +89,11 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
     max_iter : int, default=20
         CMA-ES generations per run.
     sigma0 : float, default=1.0
-        Initial CMA-ES step size; z starts at 0.
+        Initial CMA-ES step size; z starts at 0. The projection maps
+        ``z ~ N(0, I)`` to prompt perturbations with the spread of the model's
+        input embeddings, so ``sigma0`` is the initial perturbation in units
+        of the embedding standard deviation (and the default prior of the
+        Bayesian methods is ``N(0, sigma0**2 I)``).
     loss : {"ce", "hinge", "brier", "zero_one"}, default="ce"
         Training loss of ``"bbt"``, ``"ensemble"`` and ``"vi"``. A label-only
         backend allows only ``"zero_one"``. The likelihood-free methods ignore
@@ -363,7 +367,7 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
         init = backend.initial_prompt(n_tokens) if n_tokens else None
         projection = RandomProjection(n_tokens, backend.embedding_dim, dim,
                                       embedding_mean=mean if init is None else init,
-                                      embedding_std=std, sigma0=self.sigma0, random_state=rng)
+                                      embedding_std=std, random_state=rng)
         splits = self._split(texts, y_idx, rng)
 
         if zero_shot:

@@ -724,6 +724,13 @@ class CausalLMBackend(_HFBackend):
           prompt of every call, so each (prompt, text) pair costs only the
           ``n_prompt_tokens + len(tail)`` suffix tokens. The head and the tail
           are tokenised separately (the prompt sits between them).
+        - ``"tail"``: like ``"suffix"``, but the soft prompt takes the place
+          of the tail's last ``n_prompt_tokens`` tokens (all of them and
+          ``n_prompt_tokens - len(tail)`` more vectors before them, if the
+          prompt is longer), and :meth:`initial_prompt` returns those tokens'
+          embeddings: the untuned prompt (``z = 0``) is then exactly the
+          zero-shot template, and tuning starts from it. Each pair costs only
+          ``max(n_prompt_tokens, len(tail))`` suffix tokens.
         - ``"prefix"``: [BOS if the tokenizer adds one] + soft prompt + the
           whole filled template; a full forward per pair (no text cache).
     batch_size : int, default=64
@@ -791,8 +798,8 @@ class CausalLMBackend(_HFBackend):
                  prompt_position="suffix", batch_size=_DEFAULT_BATCH_SIZE, cache_size=100_000,
                  text_cache_mb=_DEFAULT_TEXT_CACHE_MB, device=None, dtype=None):
         _check_placeholder(template, "text")
-        if prompt_position not in ("suffix", "prefix"):
-            raise ValueError(f"prompt_position must be 'suffix' or 'prefix'; got {prompt_position!r}.")
+        if prompt_position not in ("suffix", "tail", "prefix"):
+            raise ValueError(f"prompt_position must be 'suffix', 'tail' or 'prefix'; got {prompt_position!r}.")
         if (not isinstance(text_cache_mb, numbers.Real) or isinstance(text_cache_mb, bool)
                 or not np.isfinite(text_cache_mb) or text_cache_mb < 0):
             raise ValueError(f"text_cache_mb must be a non-negative number; got {text_cache_mb!r}.")
@@ -848,7 +855,7 @@ class CausalLMBackend(_HFBackend):
         out = np.empty((n_prompts, n_texts, len(token_ids)), dtype=np.float32)
         with torch.inference_mode():
             prompts = self._prompt_tensor(prompt_embeddings, handle)
-            if self.prompt_position == "suffix":
+            if self.prompt_position in ("suffix", "tail"):
                 self._score_suffix(handle, readout, prompts, texts, token_ids, out)
             else:
                 self._score_prefix(handle, readout, prompts, texts, token_ids, out)
@@ -859,11 +866,33 @@ class CausalLMBackend(_HFBackend):
             self._tail_ids = handle.encode(self._tail_text) if self._tail_text else []
         return self._tail_ids
 
+    def initial_prompt(self, n_prompt_tokens):
+        """Embeddings of the tail tokens a ``"tail"`` prompt replaces (``None`` otherwise).
+
+        With ``prompt_position="tail"``, ``z = 0`` maps to these embeddings, so
+        the untuned prompt reproduces the zero-shot template exactly; vectors
+        beyond the tail's length start at the mean input embedding.
+        """
+        if self.prompt_position != "tail" or n_prompt_tokens <= 0:
+            return None
+        handle = self._get_handle()
+        tail = self._tail(handle)
+        kept = tail[max(len(tail) - n_prompt_tokens, 0):]
+        with torch.inference_mode():
+            emb = handle.embed(kept).float().cpu().numpy() if kept else np.zeros((0, self.embedding_dim))
+        mean, _ = self.embedding_stats()
+        extra = np.tile(np.asarray(mean, dtype=np.float32), (n_prompt_tokens - len(kept), 1))
+        return np.vstack([extra, emb]).astype(np.float32)
+
     # ---- suffix layout: cached head, batched suffix
     def _score_suffix(self, handle, readout, prompts, texts, token_ids, out):
         n_prompts = prompts.shape[0]
         tail = self._tail(handle)
-        suffix = torch.cat([prompts, handle.embed(tail).unsqueeze(0).expand(n_prompts, -1, -1)], dim=1)
+        if self.prompt_position == "tail":  # the prompt replaces the tail's last tokens
+            tail = tail[: max(len(tail) - prompts.shape[1], 0)]
+            suffix = torch.cat([handle.embed(tail).unsqueeze(0).expand(n_prompts, -1, -1), prompts], dim=1)
+        else:
+            suffix = torch.cat([prompts, handle.embed(tail).unsqueeze(0).expand(n_prompts, -1, -1)], dim=1)
         n_suffix = suffix.shape[1]
         heads = [self._head_template + t for t in texts]
         columns = {}  # head string -> output columns (a text may appear twice)
@@ -1068,6 +1097,115 @@ class CausalLMBackend(_HFBackend):
                 scores = logits.index_select(-1, torch.as_tensor(token_ids, device=handle.device)).float()
             out[[p for _, p in batch], [j for j, _ in batch]] = scores.cpu().numpy()
 
+    # ==== differentiable scoring: the white-box path (skprompt.whitebox) ==========
+    # Not part of the black-box protocol: only GradientPromptClassifier calls it.
+    # It follows the layouts of _score_suffix / _score_prefix step by step (same
+    # input, same micro-batches) but keeps the autograd graph from the prompt to
+    # the class log-probabilities; tests check it against score() within 1e-5.
+    def _log_proba_torch(self, prompts, texts, classes):
+        """Differentiable class log-probabilities of every (prompt, text) pair.
+
+        Parameters
+        ----------
+        prompts : torch.Tensor of shape (n_prompts, n_prompt_tokens, embedding_dim)
+            Soft prompts, typically requiring grad. Cast (differentiably) to
+            the model's device and dtype.
+        texts : sequence of str
+        classes : sequence
+            Class labels, in the order of the output columns.
+
+        Returns
+        -------
+        torch.Tensor of shape (n_prompts, n_texts, n_classes), float64
+            The log-softmax over the classes' logits, the same numbers as
+            :meth:`score` (up to float rounding), differentiable with respect
+            to ``prompts``. With ``prompt_position="suffix"`` or ``"tail"``
+            the texts' key/value caches are constants (the prompt comes after
+            the text): they are taken from, or added to, the text cache, and
+            only the suffix tokens are run with grad; ``"prefix"`` runs the
+            full input with grad. Runs with grad unless the caller disabled it;
+            the model's parameters get gradients only if they require grad.
+        """
+        if not isinstance(prompts, torch.Tensor) or prompts.ndim != 3 or prompts.shape[2] != self.embedding_dim:
+            raise BackendError("prompts must be a torch.Tensor of shape (n_prompts, n_prompt_tokens, "
+                               f"{self.embedding_dim}); got {getattr(prompts, 'shape', type(prompts).__name__)}.")
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise BackendError("texts must be a sequence of str.")
+        texts, classes = list(texts), list(classes)
+        token_ids = self._class_token_ids(classes)
+        handle = self._get_handle()
+        readout = handle.readout()
+        prompts = prompts.to(handle.device, handle.dtype)
+        n_prompts, n_tokens, n_texts = prompts.shape[0], prompts.shape[1], len(texts)
+        if n_prompts == 0 or n_texts == 0:
+            return prompts.new_zeros((n_prompts, n_texts, len(token_ids)), dtype=torch.float64)
+        chunks, keys = [], []  # micro-batch scores (B, C) and the (text key, prompt) of each row
+
+        if self.prompt_position in ("suffix", "tail"):
+            tail = self._tail(handle)
+            if self.prompt_position == "tail":  # as in _score_suffix
+                tail = tail[: max(len(tail) - n_tokens, 0)]
+                suffix = torch.cat([handle.embed(tail).unsqueeze(0).expand(n_prompts, -1, -1), prompts], dim=1)
+            else:
+                suffix = torch.cat([prompts, handle.embed(tail).unsqueeze(0).expand(n_prompts, -1, -1)], dim=1)
+            text_keys = [self._head_template + t for t in texts]
+            distinct = list(dict.fromkeys(text_keys))
+            with self._lock:
+                n_hits = sum(h in self._text_cache for h in distinct)
+                self._text_stats["hits"] += n_hits
+                self._text_stats["misses"] += len(distinct) - n_hits
+            with torch.no_grad():  # the heads come before the prompt: constants
+                entries = self._text_entries(handle, distinct, {})
+            if suffix.shape[1] == 0 and any(entries[h].length == 0 for h in distinct):
+                raise BackendError("Nothing to score: an empty text, a template that ends with '{text}' "
+                                   "and no soft prompt give an empty input.")
+            order = sorted(distinct, key=lambda h: entries[h].length)
+            pairs = [(h, p) for h in order for p in range(n_prompts)]
+            for start in range(0, len(pairs), self.batch_size):
+                batch = pairs[start: start + self.batch_size]
+                chunks.append(self._suffix_scores(handle, readout, [entries[h] for h, _ in batch],
+                                                  suffix[[p for _, p in batch]], token_ids))
+                keys.extend(batch)
+        else:  # prefix, as in _score_prefix
+            text_keys = list(range(n_texts))
+            prefix = handle.special_prefix()
+            bodies = handle.encode_batch([self._head_template + t + self._tail_text for t in texts])
+            lengths = np.array([len(prefix) + n_tokens + len(b) for b in bodies])
+            if np.any(lengths == 0):
+                raise BackendError("Nothing to score: an empty text with an empty template and no soft prompt.")
+            order = np.argsort(lengths, kind="stable")
+            prefix_emb = handle.embed(prefix) if prefix else None
+            for batch in _pairs_batches(order, n_prompts, self.batch_size):
+                width = int(max(lengths[j] for j, _ in batch))
+                rows = []
+                for j, p in batch:  # [prefix | prompt | body | right padding], built by concatenation
+                    parts = ([prefix_emb] if prefix_emb is not None else []) + [prompts[p]]
+                    if bodies[j]:
+                        parts.append(handle.embed(bodies[j]))
+                    pad = width - int(lengths[j])
+                    if pad:
+                        parts.append(prompts.new_zeros((pad, prompts.shape[2])))
+                    rows.append(torch.cat(parts))
+                x = torch.stack(rows)
+                last = torch.as_tensor(lengths[[j for j, _ in batch]] - 1, device=handle.device)
+                at = torch.arange(len(batch), device=handle.device)
+                with self._lock:
+                    self._text_stats["forwards"] += 1
+                if readout.fast:
+                    hidden = handle.base(inputs_embeds=x, use_cache=False).last_hidden_state[at, last]
+                    chunks.append(readout.logits(hidden, token_ids))
+                else:
+                    logits = handle.model(inputs_embeds=x, use_cache=False).logits[at, last]
+                    chunks.append(logits.index_select(-1, torch.as_tensor(token_ids, device=handle.device)).float())
+                keys.extend((int(j), p) for j, p in batch)
+
+        row_of = {key: i for i, key in enumerate(keys)}
+        index = torch.as_tensor([row_of[(text_keys[j], p)] for p in range(n_prompts) for j in range(n_texts)],
+                                device=handle.device)
+        scores = torch.cat(chunks).index_select(0, index).reshape(n_prompts, n_texts, len(token_ids))
+        return torch.log_softmax(scores.double(), dim=-1)
+    # ==== end of the differentiable scoring ========================================
+
     def __repr__(self):
         return (f"CausalLMBackend({self._model_name()!r}, template={self.template!r}, "
                 f"prompt_position={self.prompt_position!r})")
@@ -1232,6 +1370,95 @@ class MaskedLMBackend(_HFBackend):
                     scores = logits.index_select(-1, torch.as_tensor(token_ids, device=handle.device)).float()
                 out[[p for _, p in batch], [j for j, _ in batch]] = scores.cpu().numpy()
         return out
+
+    # ==== differentiable scoring: the white-box path (skprompt.whitebox) ==========
+    # Not part of the black-box protocol: only GradientPromptClassifier calls it.
+    # The same input and micro-batches as _score, with the autograd graph kept
+    # from the prompt to the class log-probabilities; tests check it against
+    # score() within 1e-5.
+    def _log_proba_torch(self, prompts, texts, classes):
+        """Differentiable class log-probabilities of every (prompt, text) pair.
+
+        Parameters
+        ----------
+        prompts : torch.Tensor of shape (n_prompts, n_prompt_tokens, embedding_dim)
+            Soft prompts, typically requiring grad. Cast (differentiably) to
+            the model's device and dtype.
+        texts : sequence of str
+        classes : sequence
+            Class labels, in the order of the output columns.
+
+        Returns
+        -------
+        torch.Tensor of shape (n_prompts, n_texts, n_classes), float64
+            The log-softmax over the classes' logits at the mask, the same
+            numbers as :meth:`score` (up to float rounding), differentiable
+            with respect to ``prompts`` (a full forward with grad per pair).
+        """
+        if not isinstance(prompts, torch.Tensor) or prompts.ndim != 3 or prompts.shape[2] != self.embedding_dim:
+            raise BackendError("prompts must be a torch.Tensor of shape (n_prompts, n_prompt_tokens, "
+                               f"{self.embedding_dim}); got {getattr(prompts, 'shape', type(prompts).__name__)}.")
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise BackendError("texts must be a sequence of str.")
+        texts, classes = list(texts), list(classes)
+        token_ids = self._class_token_ids(classes)
+        handle = self._get_handle()
+        readout = handle.readout()
+        tok = handle.tokenizer
+        first, last = self._specials(handle)
+        prompts = prompts.to(handle.device, handle.dtype)
+        n_prompts, n_tokens, dim = prompts.shape
+        n_texts = len(texts)
+        if n_prompts == 0 or n_texts == 0:
+            return prompts.new_zeros((n_prompts, n_texts, len(token_ids)), dtype=torch.float64)
+        left_ids = handle.encode_batch([self._left_template.replace("{text}", t).rstrip() for t in texts])
+        right_ids = handle.encode_batch([self._right_template.replace("{text}", t) for t in texts])
+        bodies = [li + [tok.mask_token_id] + ri for li, ri in zip(left_ids, right_ids)]
+        mask_pos = np.array([len(first) + n_tokens + len(li) for li in left_ids])
+        lengths = np.array([len(first) + n_tokens + len(b) + len(last) for b in bodies])
+        limit = getattr(handle.model.config, "max_position_embeddings", None)
+        if limit:  # as in _score
+            usable = limit - (getattr(handle.model.config, "pad_token_id", 0) + 1
+                              if handle.model.config.model_type in ("roberta", "xlm-roberta", "camembert") else 0)
+            too_long = np.flatnonzero(lengths > usable)
+            if too_long.size:
+                raise BackendError(
+                    f"{too_long.size} text(s) are too long for {self._model_name()!r}: e.g. text {too_long[0]} "
+                    f"needs {lengths[too_long[0]]} positions (soft prompt included), the model has {usable}."
+                )
+        order = np.argsort(lengths, kind="stable")
+        first_emb = handle.embed(first) if first else None
+        last_emb = handle.embed(last) if last else None
+        chunks, keys = [], []
+        for batch in _pairs_batches(order, n_prompts, self.batch_size):
+            width = int(max(lengths[j] for j, _ in batch))
+            rows = []
+            attention = torch.zeros((len(batch), width), dtype=torch.long, device=handle.device)
+            for row, (j, p) in enumerate(batch):  # [first | prompt | body | last | padding]
+                parts = [e for e in (first_emb,) if e is not None] + [prompts[p], handle.embed(bodies[j])]
+                if last_emb is not None:
+                    parts.append(last_emb)
+                pad = width - int(lengths[j])
+                if pad:
+                    parts.append(prompts.new_zeros((pad, dim)))
+                rows.append(torch.cat(parts))
+                attention[row, : lengths[j]] = 1
+            x = torch.stack(rows)
+            at = torch.as_tensor(mask_pos[[j for j, _ in batch]], device=handle.device)
+            idx = torch.arange(len(batch), device=handle.device)
+            if readout.fast:
+                hidden = handle.base(inputs_embeds=x, attention_mask=attention).last_hidden_state[idx, at]
+                chunks.append(readout.logits(hidden, token_ids))
+            else:
+                logits = handle.model(inputs_embeds=x, attention_mask=attention).logits[idx, at]
+                chunks.append(logits.index_select(-1, torch.as_tensor(token_ids, device=handle.device)).float())
+            keys.extend((int(j), p) for j, p in batch)
+        row_of = {key: i for i, key in enumerate(keys)}
+        index = torch.as_tensor([row_of[(j, p)] for p in range(n_prompts) for j in range(n_texts)],
+                                device=handle.device)
+        scores = torch.cat(chunks).index_select(0, index).reshape(n_prompts, n_texts, len(token_ids))
+        return torch.log_softmax(scores.double(), dim=-1)
+    # ==== end of the differentiable scoring ========================================
 
     def __repr__(self):
         return f"MaskedLMBackend({self._model_name()!r}, template={self.template!r})"

@@ -121,8 +121,9 @@ schedule that handles the discrete error levels; ESS-triggered resampling;
 batched simulation; hard bounds on simulations per round, rounds and
 queries. The prior is ``N(0, prior_variance I)``; the paper used
 ``prior_variance=50`` with its own projection scale, whereas skprompt's
-projection is calibrated so that ``z ~ N(0, sigma0² I)`` matches the
-embedding statistics (``prior_variance = sigma0**2`` is the natural choice).
+projection maps ``z ~ N(0, I)`` to perturbations with the spread of the
+embeddings; the estimator sets ``prior_variance = sigma0**2``, the scale
+its CMA-ES searches start at.
 
 References
 ----------
@@ -315,9 +316,9 @@ class ABCSMCLearner(Learner):
         Drovandi & Pettitt), uniform weights.
     prior_variance : float, default=1.0
         Variance ``v`` of the prior ``N(0, v I)``. skprompt's projection maps
-        ``N(0, sigma0² I)`` to prompts spread like the model's embeddings, so
-        ``sigma0**2`` is the natural value (the paper used 50 with another
-        projection scale).
+        ``N(0, I)`` to perturbations spread like the model's embeddings; the
+        estimator passes ``sigma0**2`` unless told otherwise (the paper used
+        50 with another projection scale).
     max_rounds : int, default=10
         Rounds at most, round 0 (rejection from the prior) included.
     quantile : float in (0, 1], default=0.5

@@ -9,8 +9,11 @@ which the backend batches within its memory bound).
 Model selection, as in the paper: after every generation, each member's best
 training candidate of that generation is scored on the validation split, and
 the member keeps the candidate with the lowest validation loss (ties broken by
-the training loss). Without a validation split the member keeps its lowest
-training loss.
+the training loss). The starting point ``z = 0`` is scored on the validation
+split first (once, shared by all members), so a run keeps a tuned prompt only
+if it validates better than the prompt it started from -- with
+``prompt_position="tail"`` that is the zero-shot template itself. Without a
+validation split the member keeps its lowest training loss.
 """
 
 from __future__ import annotations
@@ -85,7 +88,8 @@ class CMAEnsembleLearner(Learner):
         return cost
 
     def minimum_budget(self, problem):
-        return self._iteration_cost(problem, self.n_members)
+        start = request_cost(problem, 1, "val") if problem.has_split("val") else 0
+        return start + self._iteration_cost(problem, self.n_members)
 
     def fit(self, problem, random_state):
         rs = check_random_state(random_state)
@@ -101,6 +105,12 @@ class CMAEnsembleLearner(Learner):
         history = []
         exhausted = False
         n_iter = 0
+        if use_val:
+            try:
+                start_val = float(problem.loss(np.zeros((1, dim)), "val")[0])
+            except BudgetExhausted:
+                start_val = np.inf
+            best_key = [(start_val, np.inf)] * self.n_members
         for _ in range(self.max_iter):
             active = [k for k, es in enumerate(members) if not es.stop()]
             if not active:

@@ -63,11 +63,11 @@ Defaults
 --------
 ``n_mc = 10`` draws per candidate, as in the paper. ``kl_weight = 1`` (Bayes'
 rule) and ``prior_variance = sigma0**2`` (1 with the estimator's default
-``sigma0``) were chosen by measurement. The random projection is scaled so
-that ``z ~ N(0, sigma0**2 I)`` gives soft prompts with the spread of the
-model's own input embeddings, so this prior is "prompts that look like
-embeddings", and the initial q (``init_log_var = 2 log sigma0``) is the prior
-itself. The measurement: a synthetic, misspecified task whose class score
+``sigma0``) were chosen by measurement. The estimator's random projection
+maps ``z ~ N(0, I)`` to prompt perturbations with the spread of the model's
+own input embeddings, so this prior is "perturbations of ``sigma0`` times the
+embedding spread", the same scale CMA-ES starts searching at, and the initial
+q (``init_log_var = 2 log sigma0``) is the prior itself. The measurement: a synthetic, misspecified task whose class score
 is ``3 * x_i . tanh(C z)`` (``C`` a random ``5 x dim`` map, ``x_i`` a text's
 features, labels from a noisy linear rule), 24 training, 8 validation and
 2,000 test texts, ``popsize=10``, ``n_mc=10``, 5 prompts drawn from q, 20
