@@ -126,6 +126,40 @@ def test_suffix_without_prompt_tokens(llama):
     np.testing.assert_allclose(scores, ref, atol=TOL)
 
 
+@pytest.mark.parametrize("n_tokens", [1, 2, 5])
+def test_tail_layout_replaces_the_tail_and_starts_at_zero_shot(tiny_llama_dir, n_tokens):
+    tail = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0,
+                           prompt_position="tail")
+    n_tail = len(tail.tokenizer(CAUSAL_TEMPLATE.split("{text}")[1], add_special_tokens=False)["input_ids"])
+    assert 1 < n_tail < 5  # the cases cover a prompt shorter and longer than the tail
+    init = tail.initial_prompt(n_tokens)
+    assert init.shape == (n_tokens, tail.embedding_dim)
+    zero_shot = tail.score(np.zeros((1, 0, tail.embedding_dim), np.float32), TEXTS, CLASSES)
+    at_init = tail.score(init[None], TEXTS, CLASSES)
+    if n_tokens <= n_tail:  # z = 0 reproduces the zero-shot template exactly
+        np.testing.assert_allclose(at_init, zero_shot, atol=TOL)
+    else:  # the extra vectors start at the mean embedding, before the whole tail
+        mean = np.tile(tail.embedding_stats()[0], (n_tokens - n_tail, 1))
+        np.testing.assert_allclose(init[: n_tokens - n_tail], mean, rtol=1e-5)
+    # a tuned prompt is scored as head + fixed tail tokens + prompt, checked against the naive forward
+    prompts = random_prompts(tail, 2, n_tokens, seed=3)
+    emb = tail.model.get_input_embeddings()
+    ids = [_word_id(tail.tokenizer, w) for w in ["positive", "negative"]]
+    head_t = CAUSAL_TEMPLATE.split("{text}")[0]
+    expected = np.empty((2, len(TEXTS), 2))
+    with torch.no_grad():
+        for p in range(2):
+            for j, text in enumerate(TEXTS):
+                head = tail.tokenizer(head_t + text)["input_ids"]
+                fixed = tail._tail_ids[: max(n_tail - n_tokens, 0)]
+                x = torch.cat([emb(torch.tensor(head + fixed, dtype=torch.long)), torch.as_tensor(prompts[p])])[None]
+                logits = tail.model(inputs_embeds=x).logits[0, -1]
+                expected[p, j] = torch.log_softmax(logits[ids].double(), -1).numpy()
+    np.testing.assert_allclose(tail.score(prompts, TEXTS, CLASSES), expected, atol=TOL)
+    # other layouts have no natural initial prompt
+    assert CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER).initial_prompt(2) is None
+
+
 def test_template_ending_with_text_and_no_prompt(tiny_llama_dir):
     # No prompt and no tail: the readout is the head's last position, from the text cache.
     backend = CausalLMBackend(tiny_llama_dir, template="Review: {text}", verbalizer=VERBALIZER, cache_size=0)
