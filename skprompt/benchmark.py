@@ -1,0 +1,275 @@
+"""The reliability benchmark: the paper's evaluation on the bundled real data.
+
+``skprompt bench`` (and ``benchmarks/reliability.py``) fits every method on
+k-shot splits of three tasks and measures accuracy, calibration and how well
+the predictive uncertainty flags mistakes and out-of-distribution texts.
+
+For each (task, seed): ``k`` examples per class for fitting plus a validation
+split of the same size (the estimator holds it out itself,
+``validation_fraction=0.5``), a disjoint stratified test set, and texts of
+other tasks as out-of-distribution (OOD) inputs, scored with the
+in-distribution task's template and label words, as the paper does. Every
+(task, method, seed) result is written to its own JSON file as soon as it is
+done, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["BenchConfig", "SIZES", "OOD_SOURCES", "METHOD_NAMES", "run_benchmark", "make_estimator"]
+
+#: Texts of these tasks are the OOD inputs of each task.
+OOD_SOURCES = {
+    "rotten_tomatoes": ("bbc_news", "tweets"),
+    "bbc_news": ("rotten_tomatoes",),
+    "tweets": ("bbc_news",),
+}
+
+#: Methods compared, in table order. "calibrated-bbt" is CalibratedClassifierCV
+#: (sigmoid, cv=2) around "bbt": the classical recalibration baseline;
+#: "gradient" is the white-box reference with full access to the model.
+METHOD_NAMES = ("zero-shot", "bbt", "calibrated-bbt", "ensemble", "vi", "abc-smc", "snpe", "gradient")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """What a benchmark run does. Every field is recorded in the results."""
+
+    tasks: tuple = ("rotten_tomatoes", "bbc_news", "tweets")
+    methods: tuple = METHOD_NAMES
+    seeds: tuple = (0, 1, 2)
+    k: int = 16
+    n_test: int = 200
+    n_ood: int = 100
+    budget: int | None = 4000
+    n_bins: int = 10
+    estimator_params: dict = dataclasses.field(default_factory=dict)
+    size: str = "custom"
+
+    def key(self):
+        """Hash of everything that changes a single run's result."""
+        fields = dataclasses.asdict(self)
+        for name in ("tasks", "methods", "seeds", "size"):
+            fields.pop(name)
+        return hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+#: Preset sizes. "quick" fits 3 tasks x 8 methods x 3 seeds in about 20
+#: minutes on 2 CPU cores; "full" is closer to the paper's scale.
+SIZES = {
+    "quick": dict(n_test=150, n_ood=75, budget=2500,
+                  estimator_params={"ensemble": {"n_prompts": 4}, "vi": {"n_prompts": 4},
+                                    "abc-smc": {"n_prompts": 10}, "snpe": {"n_prompts": 10},
+                                    "gradient": {"max_iter": 15}}),
+    "full": dict(n_test=1000, n_ood=500, budget=20000, estimator_params={}),
+}
+
+
+def make_estimator(method, backend, seed, budget, params=None):
+    """The estimator benchmarked as ``method`` (a fresh, unfitted one)."""
+    from .classifier import BlackBoxPromptClassifier
+
+    params = dict(params or {})
+    if method == "gradient":
+        from .whitebox import GradientPromptClassifier
+
+        return GradientPromptClassifier(backend, random_state=seed, validation_fraction=0.5, **params)
+    if method == "calibrated-bbt":
+        from sklearn.calibration import CalibratedClassifierCV
+
+        inner = BlackBoxPromptClassifier(backend, method="bbt", random_state=seed, budget=budget,
+                                         validation_fraction=0.5, **params)
+        return CalibratedClassifierCV(inner, method="sigmoid", cv=2)
+    return BlackBoxPromptClassifier(backend, method=method, random_state=seed, budget=budget,
+                                    validation_fraction=0.5, **params)
+
+
+def _fit_queries(estimator):
+    if hasattr(estimator, "n_queries_"):
+        return int(estimator.n_queries_)
+    if hasattr(estimator, "calibrated_classifiers_"):  # CalibratedClassifierCV: fits on each fold
+        return int(sum(c.estimator.n_queries_ for c in estimator.calibrated_classifiers_))
+    return None
+
+
+def _atomic_write_json(path, payload):
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(payload, fh, indent=1, default=_json_default)
+    os.replace(tmp, path)
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _run_one(config, task, method, seed, backend, split, ood):
+    from .evaluation import ood_metrics, prediction_metrics
+
+    params = dict(config.estimator_params.get(method, {}))
+    estimator = make_estimator(method, backend, seed, config.budget, params)
+    X_fit = list(split.X_train) + list(split.X_val)
+    y_fit = np.concatenate([split.y_train, split.y_val])
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # budget warnings are expected at benchmark sizes
+        estimator.fit(X_fit, y_fit)
+    fit_time = time.perf_counter() - start
+    start = time.perf_counter()
+    proba = estimator.predict_proba(split.X_test)
+    ood_proba = {name: estimator.predict_proba(texts) for name, texts in ood.items()}
+    predict_time = time.perf_counter() - start
+    classes = estimator.classes_
+    record = {
+        "task": task, "method": method, "seed": seed, "config_key": config.key(),
+        "params": params, "fit_queries": _fit_queries(estimator),
+        "fit_time_s": fit_time, "predict_time_s": predict_time,
+        "classes": [str(c) for c in classes],
+        "y_test": [str(v) for v in split.y_test],
+        "proba_test": np.round(proba, 6),
+    }
+    record.update(prediction_metrics(split.y_test, proba, classes, n_bins=config.n_bins))
+    per_source = {name: ood_metrics(proba, p, n_bins=config.n_bins) for name, p in ood_proba.items()}
+    record["ood"] = per_source
+    for metric in next(iter(per_source.values())):
+        record[metric] = float(np.mean([m[metric] for m in per_source.values()]))
+    return record
+
+
+TABLE_COLUMNS = [
+    ("accuracy", "acc"), ("f1_macro", "macro-F1"), ("ece", "ECE"), ("log_loss", "NLL"), ("brier", "Brier"),
+    ("mis_rra_entropy", "mis RRA (H)"), ("mis_auroc_entropy", "mis AUROC (H)"),
+    ("ood_rra_entropy", "OOD RRA (H)"), ("ood_auroc_entropy", "OOD AUROC (H)"),
+    ("ood_auroc_maxprob", "OOD AUROC (1-p)"),
+    ("fit_queries", "fit queries"), ("fit_time_s", "fit s"),
+]
+
+
+def run_benchmark(config, out_dir, *, progress=True, plots=True):
+    """Run (or resume) a benchmark and write its outputs.
+
+    Parameters
+    ----------
+    config : BenchConfig
+    out_dir : str or Path
+        Gets ``runs/`` (one JSON per task, method and seed), ``results.json``
+        (configuration, environment and every number), ``results.md`` (the
+        table, mean ± std over seeds) and ``reliability_<task>.png``.
+    progress : bool
+        tqdm progress bars.
+    plots : bool
+        Write the reliability diagrams (needs matplotlib).
+
+    Returns
+    -------
+    list of dict
+        One record per (task, method, seed).
+    """
+    from tqdm.auto import tqdm
+
+    from .datasets import few_shot_split, load_task, ood_texts
+    from .evaluation import mean_std_table
+    from .models import default_backend
+
+    unknown = sorted(set(config.methods) - set(METHOD_NAMES))
+    if unknown:
+        raise ValueError(f"methods: unknown {unknown}; expected some of {list(METHOD_NAMES)}.")
+    bad_tasks = sorted(set(config.tasks) - set(OOD_SOURCES))
+    if bad_tasks:
+        raise ValueError(f"tasks: unknown {bad_tasks}; expected some of {list(OOD_SOURCES)}.")
+    out_dir = Path(out_dir)
+    (out_dir / "runs").mkdir(parents=True, exist_ok=True)
+    records = []
+    jobs = [(t, s) for t in config.tasks for s in config.seeds]
+    bar = tqdm(total=len(jobs) * len(config.methods), desc="bench", unit="run", disable=not progress)
+    for task_name, seed in jobs:
+        task = load_task(task_name)
+        split = None
+        for method in config.methods:
+            path = out_dir / "runs" / f"{task_name}__{method}__{seed}.json"
+            bar.set_postfix(task=task_name, method=method, seed=seed)
+            if path.exists():
+                cached = json.loads(path.read_text())
+                if cached.get("config_key") == config.key():
+                    records.append(cached)
+                    bar.update(1)
+                    continue
+            if split is None:
+                split = few_shot_split(task.texts, task.target, n_per_class=config.k,
+                                       n_val_per_class=config.k, n_test=config.n_test, random_state=seed)
+                ood = {src: ood_texts(src, config.n_ood, random_state=seed) for src in OOD_SOURCES[task_name]}
+                backend = default_backend(template=task.template, verbalizer=task.verbalizer)
+            record = _run_one(config, task_name, method, seed, backend, split, ood)
+            _atomic_write_json(path, record)
+            records.append(record)
+            bar.update(1)
+            if progress:
+                tqdm.write(f"{task_name:>15} {method:>14} seed {seed}: acc {record['accuracy']:.3f} "
+                           f"ECE {record['ece']:.3f} OOD-AUROC {record['ood_auroc_entropy']:.3f} "
+                           f"({record['fit_queries']} queries, {record['fit_time_s']:.0f} s)")
+    bar.close()
+
+    order = {m: i for i, m in enumerate(config.methods)}
+    records.sort(key=lambda r: (config.tasks.index(r["task"]), order[r["method"]], r["seed"]))
+    table = mean_std_table(records, ["task", "method"], TABLE_COLUMNS)
+    summary = {
+        "config": dataclasses.asdict(config),
+        "environment": {
+            "python": platform.python_version(), "machine": platform.machine(),
+            "processor": platform.processor() or "unknown", "cpus": os.cpu_count(),
+        },
+        "metrics": {c: h for c, h in TABLE_COLUMNS},
+        "runs": [{k: v for k, v in r.items() if k not in ("proba_test", "y_test")} for r in records],
+    }
+    _atomic_write_json(out_dir / "results.json", summary)
+    (out_dir / "results.md").write_text(table + "\n")
+    if plots:
+        _plot_reliability(records, config, out_dir)
+    return records
+
+
+def _plot_reliability(records, config, out_dir):
+    """One reliability diagram per task, a curve per method, pooled over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .metrics import reliability_diagram
+
+    for task in config.tasks:
+        fig, ax = plt.subplots(figsize=(6, 6))
+        for method in config.methods:
+            runs = [r for r in records if r["task"] == task and r["method"] == method]
+            if not runs:
+                continue
+            classes = np.asarray(runs[0]["classes"])
+            y = np.concatenate([np.asarray(r["y_test"]) for r in runs])
+            proba = np.vstack([np.asarray(r["proba_test"]) for r in runs])
+            proba = proba / proba.sum(axis=1, keepdims=True)
+            reliability_diagram(y, proba, labels=classes, n_bins=config.n_bins, ax=ax, name=method)
+        ax.set_title(f"{task}: top-label reliability (pooled over seeds)")
+        fig.tight_layout()
+        fig.savefig(out_dir / f"reliability_{task}.png", dpi=100)
+        plt.close(fig)
+
+
+def _fmt_minutes(seconds):
+    return f"{seconds / 60:.1f} min" if math.isfinite(seconds) else "n/a"

@@ -1,0 +1,85 @@
+"""The reliability benchmark and the command line, on the real model at a tiny size."""
+
+import json
+
+import numpy as np
+import pytest
+
+from skprompt import cli
+from skprompt.benchmark import BenchConfig, run_benchmark
+from skprompt.evaluation import mean_std_table, multiclass_brier, ood_metrics, prediction_metrics
+
+
+def test_prediction_metrics_on_a_hand_case():
+    classes = np.array(["a", "b"])
+    proba = np.array([[0.9, 0.1], [0.4, 0.6], [0.7, 0.3], [0.2, 0.8]])
+    y = np.array(["a", "a", "a", "b"])  # the second text is a mistake
+    m = prediction_metrics(y, proba, classes)
+    assert m["accuracy"] == 0.75
+    np.testing.assert_allclose(m["log_loss"], -np.mean(np.log([0.9, 0.4, 0.7, 0.8])))
+    np.testing.assert_allclose(m["brier"], np.mean([0.02, 0.72, 0.18, 0.08]))
+    # the mistake has the highest entropy: perfect misclassification AUROC
+    assert m["mis_auroc_entropy"] == 1.0
+    np.testing.assert_allclose(multiclass_brier(np.array([0, 1]), np.eye(2)), 0.0)
+
+
+def test_ood_metrics_rank_ood_texts_by_uncertainty():
+    confident = np.array([[0.95, 0.05]] * 5)
+    unsure = np.array([[0.55, 0.45]] * 5)
+    m = ood_metrics(confident, unsure)
+    assert m["ood_auroc_entropy"] == 1.0 and m["ood_auroc_maxprob"] == 1.0
+    assert m["ood_rra_entropy"] < 0.5  # keeping the most confident keeps in-distribution texts first
+
+
+def test_mean_std_table():
+    rows = [{"m": "x", "acc": 0.5, "fit_queries": 10}, {"m": "x", "acc": 0.7, "fit_queries": 30}]
+    table = mean_std_table(rows, ["m"], [("acc", "acc"), ("fit_queries", "q")])
+    assert "| x | 0.600 ± 0.141 | 20 ± 14 |" in table
+
+
+@pytest.mark.real_model
+def test_benchmark_runs_resumes_and_writes_outputs(tmp_path):
+    config = BenchConfig(tasks=("rotten_tomatoes",), methods=("zero-shot", "bbt"), seeds=(0,), k=4,
+                         n_test=20, n_ood=10, budget=400,
+                         estimator_params={"bbt": {"max_iter": 2, "popsize": 4, "intrinsic_dim": 8}})
+    records = run_benchmark(config, tmp_path, progress=False, plots=True)
+    assert [(r["task"], r["method"]) for r in records] == [("rotten_tomatoes", "zero-shot"),
+                                                           ("rotten_tomatoes", "bbt")]
+    bbt = records[1]
+    assert 0 < bbt["fit_queries"] <= 400
+    assert set(bbt["ood"]) == {"bbc_news", "tweets"}
+    assert 0.0 <= bbt["accuracy"] <= 1.0 and 0.0 <= bbt["ece"] <= 1.0
+    summary = json.loads((tmp_path / "results.json").read_text())
+    assert summary["config"]["budget"] == 400 and len(summary["runs"]) == 2
+    assert "| rotten_tomatoes | bbt |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "reliability_rotten_tomatoes.png").stat().st_size > 0
+    # resuming reads the saved runs instead of fitting again
+    path = tmp_path / "runs" / "rotten_tomatoes__bbt__0.json"
+    saved = json.loads(path.read_text())
+    saved["accuracy"] = -1.0  # a marker only a re-read can return
+    path.write_text(json.dumps(saved))
+    again = run_benchmark(config, tmp_path, progress=False, plots=False)
+    assert again[1]["accuracy"] == -1.0
+    # a changed configuration is not served from the old results
+    changed = BenchConfig(**{**config.__dict__, "budget": 300})
+    assert changed.key() != config.key()
+
+
+def test_benchmark_rejects_unknown_names(tmp_path):
+    with pytest.raises(ValueError, match="methods: unknown"):
+        run_benchmark(BenchConfig(methods=("nope",)), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="tasks: unknown"):
+        run_benchmark(BenchConfig(tasks=("imdb",)), tmp_path, progress=False)
+
+
+@pytest.mark.real_model
+def test_demo_command_prints_the_table(capsys):
+    assert cli.main(["demo", "--n-test", "20", "--n-per-class", "4", "--methods", "zero-shot", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "| method | accuracy | ECE | log loss | Brier | fit queries | wall time (s) |" in out
+    assert "| zero-shot |" in out
+
+
+def test_cli_rejects_bad_sizes(capsys):
+    assert cli.main(["demo", "--n-test", "0"]) == 2
+    assert "must be positive" in capsys.readouterr().err
