@@ -76,19 +76,23 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
 
         The likelihood-free methods (and any method on a label-only backend)
         predict with the weighted histogram of the prompts' votes.
-    n_prompts : int, default=5
+    n_prompts : int, default=4
         Number of prompt samples kept: ensemble size, draws from the VI
         posterior or from the SNPE posterior, ABC-SMC particles (at least 2).
         Ignored by ``"bbt"`` and ``"zero-shot"``.
-    n_prompt_tokens : int, default=5
-        Number of soft-prompt vectors.
+    n_prompt_tokens : int or None, default=None
+        Number of soft-prompt vectors. ``None``: the backend's suggestion
+        (:attr:`~skprompt.backends.PromptBackend.default_prompt_length`; for a
+        ``CausalLMBackend`` with ``prompt_position="tail"``, the length of the
+        template's tail, so that the untuned prompt is the zero-shot
+        template), else 5.
     intrinsic_dim : int, default=50
         Dimension of the search space z.
-    popsize : int, default=10
+    popsize : int, default=8
         CMA-ES population size.
-    max_iter : int, default=20
+    max_iter : int, default=15
         CMA-ES generations per run.
-    sigma0 : float, default=1.0
+    sigma0 : float, default=0.1
         Initial CMA-ES step size; z starts at 0. The projection maps
         ``z ~ N(0, I)`` to prompt perturbations with the spread of the model's
         input embeddings, so ``sigma0`` is the initial perturbation in units
@@ -198,12 +202,12 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
         backend=None,
         *,
         method="ensemble",
-        n_prompts=5,
-        n_prompt_tokens=5,
+        n_prompts=4,
+        n_prompt_tokens=None,
         intrinsic_dim=50,
-        popsize=10,
-        max_iter=20,
-        sigma0=1.0,
+        popsize=8,
+        max_iter=15,
+        sigma0=0.1,
         loss="ce",
         validation_fraction=0.25,
         budget=None,
@@ -242,7 +246,7 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
     def _validate_params(self):
         check_param("method", self.method, None, options=METHODS)
         check_param("n_prompts", self.n_prompts, "int", low=1)
-        check_param("n_prompt_tokens", self.n_prompt_tokens, "int", low=1)
+        check_param("n_prompt_tokens", self.n_prompt_tokens, "int", low=1, allow_none=True)
         check_param("intrinsic_dim", self.intrinsic_dim, "int", low=1)
         check_param("popsize", self.popsize, "int", low=2)
         check_param("max_iter", self.max_iter, "int", low=1)
@@ -299,6 +303,11 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
         self._method_params()
         n_members = self.n_prompts if self.method == "ensemble" else 1
         return CMAEnsembleLearner(n_members, self.popsize, self.max_iter, self.sigma0)
+
+    def _prompt_length(self, backend):
+        if self.n_prompt_tokens is not None:
+            return int(self.n_prompt_tokens)
+        return int(backend.default_prompt_length or 5)
 
     @staticmethod
     def _n_steps(learner, default):
@@ -361,7 +370,7 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
 
         rng = check_random_state(self.random_state)
         y_idx = np.searchsorted(classes, y)
-        n_tokens = 0 if zero_shot else self.n_prompt_tokens
+        n_tokens = 0 if zero_shot else self._prompt_length(backend)
         dim = 0 if zero_shot else self.intrinsic_dim
         mean, std = backend.embedding_stats()
         init = backend.initial_prompt(n_tokens) if n_tokens else None

@@ -92,7 +92,7 @@ def assert_nontrivial(scores):
 
 @pytest.fixture
 def llama(tiny_llama_dir):
-    return CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0)
+    return CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0, prompt_position="suffix")
 
 
 # ------------------------------------------------------------ causal, suffix
@@ -107,9 +107,9 @@ def test_suffix_scores_match_naive_full_forward(llama):
 def test_suffix_padding_invariance(tiny_llama_dir):
     # Texts of very different lengths in one micro-batch vs each text alone.
     big = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0,
-                          batch_size=64)
+                          batch_size=64, prompt_position="suffix")
     one = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0,
-                          batch_size=1, text_cache_mb=0)
+                          batch_size=1, text_cache_mb=0, prompt_position="suffix")
     prompts = random_prompts(big, 2, 3, seed=1)
     batched = big.score(prompts, TEXTS, CLASSES)
     assert big.text_cache_info()["forwards"] == 1  # all 8 pairs in one padded forward
@@ -157,12 +157,12 @@ def test_tail_layout_replaces_the_tail_and_starts_at_zero_shot(tiny_llama_dir, n
                 expected[p, j] = torch.log_softmax(logits[ids].double(), -1).numpy()
     np.testing.assert_allclose(tail.score(prompts, TEXTS, CLASSES), expected, atol=TOL)
     # other layouts have no natural initial prompt
-    assert CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER).initial_prompt(2) is None
+    assert CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, prompt_position="suffix").initial_prompt(2) is None
 
 
 def test_template_ending_with_text_and_no_prompt(tiny_llama_dir):
     # No prompt and no tail: the readout is the head's last position, from the text cache.
-    backend = CausalLMBackend(tiny_llama_dir, template="Review: {text}", verbalizer=VERBALIZER, cache_size=0)
+    backend = CausalLMBackend(tiny_llama_dir, template="Review: {text}", verbalizer=VERBALIZER, cache_size=0, prompt_position="suffix")
     empty = np.zeros((1, 0, backend.embedding_dim), dtype=np.float32)
     ref = naive_causal(backend.model, backend.tokenizer, empty, TEXTS, "Review: {text}", ["positive", "negative"])
     np.testing.assert_allclose(backend.score(empty, TEXTS, CLASSES), ref, atol=TOL)
@@ -181,14 +181,14 @@ def test_prefix_layout_matches_naive(tiny_llama_dir):
     assert_nontrivial(ref)
     np.testing.assert_allclose(scores, ref, atol=TOL)
     # The two layouts are different inputs, so they give different scores.
-    suffix = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0)
+    suffix = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0, prompt_position="suffix")
     assert np.abs(suffix.score(prompts, TEXTS, CLASSES) - scores).max() > 1e-3
 
 
 def test_gpt2_learned_positions(tiny_gpt2_dir):
     # GPT-2: learned absolute positions, no BOS added, biases everywhere.
     backend = CausalLMBackend(tiny_gpt2_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0,
-                              batch_size=5)
+                              batch_size=5, prompt_position="suffix")
     prompts = random_prompts(backend, 2, 3, seed=3)
     scores = backend.score(prompts, TEXTS, CLASSES)
     model, tok = backend.model, backend.tokenizer
@@ -215,8 +215,8 @@ def test_full_head_fallback_gives_same_scores(tiny_llama_dir):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    fast = CausalLMBackend(model, tok, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0)
-    slow = CausalLMBackend(model, tok, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0)
+    fast = CausalLMBackend(model, tok, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0, prompt_position="suffix")
+    slow = CausalLMBackend(model, tok, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0, prompt_position="suffix")
     slow._handle = hf._ModelHandle(model, tok, "causal")
     slow._handle._readout = hf._Readout(False)  # as for an unrecognised output head
     prompts = random_prompts(fast, 2, 3)
@@ -237,19 +237,19 @@ def test_text_cache_is_reused_across_calls(llama):
     assert second["forwards"] > first["forwards"]
     # ... and the cached heads give the same scores as freshly encoded ones.
     fresh = CausalLMBackend(llama.model_path, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0,
-                            text_cache_mb=0)
+                            text_cache_mb=0, prompt_position="suffix")
     np.testing.assert_allclose(second_scores, fresh.score(p2, TEXTS, CLASSES), atol=TOL)
     assert fresh.text_cache_info()["entries"] == 0
 
 
 def test_text_cache_respects_memory_bound(tiny_llama_dir):
-    probe = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0)
+    probe = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0, prompt_position="suffix")
     prompts = random_prompts(probe, 2, 2)
     expected = probe.score(prompts, TEXTS, CLASSES)
     sizes = [e.nbytes for e in probe._text_cache.values()]
     bound_mb = (sorted(sizes)[0] + sorted(sizes)[1]) / 2**20  # room for two small texts at most
     backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0,
-                              text_cache_mb=bound_mb, batch_size=2)
+                              text_cache_mb=bound_mb, batch_size=2, prompt_position="suffix")
     np.testing.assert_allclose(backend.score(prompts, TEXTS, CLASSES), expected, atol=TOL)
     info = backend.text_cache_info()
     assert 1 <= info["entries"] <= 2
@@ -257,7 +257,7 @@ def test_text_cache_respects_memory_bound(tiny_llama_dir):
 
 
 def test_duplicate_texts_and_result_cache(tiny_llama_dir):
-    backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER)
+    backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, prompt_position="suffix")
     prompts = random_prompts(backend, 2, 2)
     texts = [TEXTS[0], TEXTS[1], TEXTS[0]]
     scores = backend.score(prompts, texts, CLASSES)
@@ -270,7 +270,7 @@ def test_duplicate_texts_and_result_cache(tiny_llama_dir):
 
 def test_concurrent_calls_agree_with_sequential(tiny_llama_dir):
     backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0,
-                              batch_size=3)
+                              batch_size=3, prompt_position="suffix")
     prompt_sets = [random_prompts(backend, 3, 2, seed=s) for s in range(4)]
     sequential = [backend.score(p, TEXTS, CLASSES) for p in prompt_sets]
     backend.clear_text_cache()
@@ -297,7 +297,7 @@ def test_class_order_follows_classes(llama):
 
 
 def test_default_verbalizer_uses_label_strings(tiny_llama_dir):
-    backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, cache_size=0)
+    backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, cache_size=0, prompt_position="suffix")
     prompts = random_prompts(backend, 2, 2)
     scores = backend.score(prompts, TEXTS, ["great", "terrible"])
     ref = naive_causal(backend.model, backend.tokenizer, prompts, TEXTS, CAUSAL_TEMPLATE, ["great", "terrible"])
@@ -307,15 +307,15 @@ def test_default_verbalizer_uses_label_strings(tiny_llama_dir):
 
 
 def test_label_word_with_leading_space_is_kept(tiny_llama_dir):
-    a = CausalLMBackend(tiny_llama_dir, verbalizer={"fresh": "positive", "rotten": "negative"})
-    b = CausalLMBackend(tiny_llama_dir, verbalizer={"fresh": " positive", "rotten": " negative"})
+    a = CausalLMBackend(tiny_llama_dir, verbalizer={"fresh": "positive", "rotten": "negative"}, prompt_position="suffix")
+    b = CausalLMBackend(tiny_llama_dir, verbalizer={"fresh": " positive", "rotten": " negative"}, prompt_position="suffix")
     assert a._class_token_ids(CLASSES) == b._class_token_ids(CLASSES)
     tok = a.tokenizer
     assert a._class_token_ids(CLASSES) == [_word_id(tok, "positive"), _word_id(tok, "negative")]
 
 
 def test_verbalizer_errors(tiny_llama_dir):
-    backend = CausalLMBackend(tiny_llama_dir, verbalizer=VERBALIZER)
+    backend = CausalLMBackend(tiny_llama_dir, verbalizer=VERBALIZER, prompt_position="suffix")
     with pytest.raises(BackendError, match="'neutral'.*missing from the verbalizer"):
         backend.check_classes(["fresh", "rotten", "neutral"])
     with pytest.raises(BackendError, match="missing from the verbalizer"):
@@ -324,31 +324,31 @@ def test_verbalizer_errors(tiny_llama_dir):
     tok = backend.tokenizer
     assert _word_id(tok, "positive") == _word_id(tok, "positivexyz")
     with pytest.raises(ValueError, match="share the same first token"):
-        CausalLMBackend(tiny_llama_dir, verbalizer={"a": "positive", "b": "positivexyz"})
-    default = CausalLMBackend(tiny_llama_dir)
+        CausalLMBackend(tiny_llama_dir, verbalizer={"a": "positive", "b": "positivexyz"}, prompt_position="suffix")
+    default = CausalLMBackend(tiny_llama_dir, prompt_position="suffix")
     with pytest.raises(BackendError, match="share the same first token"):
         default.check_classes(["positive", "positivexyz"])
     for bad in ({"fresh": 1, "rotten": "negative"}, {"fresh": "  ", "rotten": "negative"}, {}, ["positive"]):
         with pytest.raises(ValueError, match="verbalizer"):
-            CausalLMBackend(tiny_llama_dir, verbalizer=bad)
+            CausalLMBackend(tiny_llama_dir, verbalizer=bad, prompt_position="suffix")
 
 
 def test_template_and_option_errors(tiny_llama_dir):
     for template in ("no placeholder", "{text} and {text}", 3):
         with pytest.raises(ValueError, match="template"):
-            CausalLMBackend(tiny_llama_dir, template=template)
+            CausalLMBackend(tiny_llama_dir, template=template, prompt_position="suffix")
     with pytest.raises(ValueError, match="prompt_position"):
         CausalLMBackend(tiny_llama_dir, prompt_position="middle")
     with pytest.raises(ValueError, match="batch_size"):
-        CausalLMBackend(tiny_llama_dir, batch_size=0)
+        CausalLMBackend(tiny_llama_dir, batch_size=0, prompt_position="suffix")
     with pytest.raises(ValueError, match="text_cache_mb"):
-        CausalLMBackend(tiny_llama_dir, text_cache_mb=-1)
+        CausalLMBackend(tiny_llama_dir, text_cache_mb=-1, prompt_position="suffix")
     with pytest.raises(ValueError, match="local model directory"):
-        CausalLMBackend("/nonexistent/model/dir")
+        CausalLMBackend("/nonexistent/model/dir", prompt_position="suffix")
     with pytest.raises(ValueError, match="model must be"):
-        CausalLMBackend(object())
+        CausalLMBackend(object(), prompt_position="suffix")
     # Braces other than {text} are literal.
-    backend = CausalLMBackend(tiny_llama_dir, template="{x} Review: {text}\nSentiment:", verbalizer=VERBALIZER)
+    backend = CausalLMBackend(tiny_llama_dir, template="{x} Review: {text}\nSentiment:", verbalizer=VERBALIZER, prompt_position="suffix")
     assert backend._head_template == "{x} Review: "
 
 
@@ -415,7 +415,7 @@ def test_pickle_of_in_memory_model_carries_weights(causal_tokenizer):
                          initializer_range=0.5)
     model = LlamaForCausalLM(config)  # no directory to reload from
     backend = CausalLMBackend(model, causal_tokenizer, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER,
-                              cache_size=0)
+                              cache_size=0, prompt_position="suffix")
     assert backend.model_path is None
     prompts = random_prompts(backend, 2, 2)
     expected = backend.score(prompts, TEXTS, CLASSES)
@@ -428,14 +428,14 @@ def test_pickle_of_in_memory_model_carries_weights(causal_tokenizer):
     assert elsewhere.model is not model
     np.testing.assert_allclose(elsewhere.score(prompts, TEXTS, CLASSES), expected, atol=1e-6)
     with pytest.raises(ValueError, match="tokenizer is required"):
-        CausalLMBackend(model)
+        CausalLMBackend(model, prompt_position="suffix")
 
 
 def test_model_object_with_directory_pickles_as_path(tiny_llama_dir):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
-    backend = CausalLMBackend(model, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER)  # tokenizer from the dir
+    backend = CausalLMBackend(model, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, prompt_position="suffix")  # tokenizer from the dir
     assert backend.model_path is not None
     data = pickle.dumps(backend)
     assert len(data) < sum(p.numel() for p in model.parameters())
@@ -520,7 +520,7 @@ def test_classifier_fits_with_causal_backend(tiny_llama_dir):
 
     from skprompt import BlackBoxPromptClassifier
 
-    backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER)
+    backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, prompt_position="suffix")
     X = TEXTS * 3
     y = np.array(["fresh", "rotten"] * 6)
     clf = BlackBoxPromptClassifier(backend, method="bbt", n_prompt_tokens=2, intrinsic_dim=4, popsize=4,

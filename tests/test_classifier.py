@@ -42,7 +42,7 @@ def toy():
 
 
 def make_clf(backend, **kw):
-    params = dict(method="ensemble", n_prompts=2, n_prompt_tokens=1, intrinsic_dim=6, popsize=6,
+    params = dict(method="ensemble", n_prompts=2, n_prompt_tokens=1, intrinsic_dim=6, popsize=6, sigma0=1.0,
                   max_iter=8, random_state=0)
     params.update(kw)
     return BlackBoxPromptClassifier(backend, **params)

@@ -25,7 +25,7 @@ METHODS = [pytest.param(m, marks=pytest.mark.sbi) if m == "snpe" else m for m in
 
 
 def make(method, backend, **kw):
-    params = dict(method=method, n_prompt_tokens=1, intrinsic_dim=6, popsize=8, random_state=0)
+    params = dict(method=method, n_prompt_tokens=1, intrinsic_dim=6, popsize=8, sigma0=1.0, random_state=0)
     params.update(SETTINGS[method])
     params.update(kw)
     return BlackBoxPromptClassifier(backend, **params)

@@ -116,7 +116,7 @@ torch = pytest.importorskip("torch")
 def smol():
     from skprompt.backends import CausalLMBackend
 
-    return CausalLMBackend(models.default_model_path(), template=TEMPLATE, verbalizer=VERBALIZER, cache_size=0)
+    return CausalLMBackend(models.default_model_path(), template=TEMPLATE, verbalizer=VERBALIZER, cache_size=0, prompt_position="suffix")
 
 
 def _prompts(backend, n_prompts, n_tokens, seed=0):
@@ -163,7 +163,7 @@ def test_smollm2_padding_invariance(smol):
     from skprompt.backends import CausalLMBackend
 
     alone = CausalLMBackend(smol.model_path, template=TEMPLATE, verbalizer=VERBALIZER, cache_size=0,
-                            batch_size=1, text_cache_mb=0)
+                            batch_size=1, text_cache_mb=0, prompt_position="suffix")
     assert alone.model is smol.model  # one model per process
     prompts = _prompts(smol, 2, 4, seed=2)
     batched = smol.score(prompts, TEXTS, CLASSES)

@@ -122,6 +122,12 @@ class PromptBackend:
         """
         raise NotImplementedError
 
+    @property
+    def default_prompt_length(self):
+        """int or None: the number of soft-prompt vectors this backend suggests
+        (the estimator's ``n_prompt_tokens=None`` uses it; ``None``: no suggestion)."""
+        return None
+
     def initial_prompt(self, n_prompt_tokens):
         """The soft prompt that ``z = 0`` maps to, or ``None``.
 

@@ -714,8 +714,11 @@ class CausalLMBackend(_HFBackend):
         ``" " + word`` (no space is added if the word already starts with
         whitespace; a leading token that is only whitespace is skipped). Two
         classes whose words share that token are an error.
-    prompt_position : {"suffix", "prefix"}, default="suffix"
-        Where the soft prompt goes.
+    prompt_position : {"tail", "suffix", "prefix"}, default="tail"
+        Where the soft prompt goes. ``"tail"`` is the default because it
+        measured best on the bundled task: tuning starts exactly at the
+        zero-shot template, and each pair costs about half the tokens of
+        ``"suffix"`` (see ``docs/performance.md``).
 
         - ``"suffix"``: tokens of the template up to and including the text
           (the *head*), then the soft prompt, then the rest of the template
@@ -795,7 +798,7 @@ class CausalLMBackend(_HFBackend):
     _kind = "causal"
 
     def __init__(self, model, tokenizer=None, *, template="{text}\nAnswer:", verbalizer=None,
-                 prompt_position="suffix", batch_size=_DEFAULT_BATCH_SIZE, cache_size=100_000,
+                 prompt_position="tail", batch_size=_DEFAULT_BATCH_SIZE, cache_size=100_000,
                  text_cache_mb=_DEFAULT_TEXT_CACHE_MB, device=None, dtype=None):
         _check_placeholder(template, "text")
         if prompt_position not in ("suffix", "tail", "prefix"):
@@ -865,6 +868,14 @@ class CausalLMBackend(_HFBackend):
         if self._tail_ids is None:
             self._tail_ids = handle.encode(self._tail_text) if self._tail_text else []
         return self._tail_ids
+
+    @property
+    def default_prompt_length(self):
+        """int or None: with ``prompt_position="tail"``, the tail's token count
+        (at least 1): a prompt of that length replaces exactly the tail."""
+        if self.prompt_position != "tail":
+            return None
+        return max(len(self._tail(self._get_handle())), 1)
 
     def initial_prompt(self, n_prompt_tokens):
         """Embeddings of the tail tokens a ``"tail"`` prompt replaces (``None`` otherwise).
