@@ -23,7 +23,7 @@ from ._validation import check_labels, check_param, check_texts
 from .backends.base import PromptBackend
 from .exceptions import BudgetWarning
 from .inference.abc_smc import ABCSMCLearner
-from .inference.base import aggregate_outputs
+from .inference.base import BudgetExhausted, aggregate_outputs
 from .inference.cmaes import CMAEnsembleLearner
 from .inference.vi import VariationalLearner
 from .losses import LOSSES, SCORE_LOSSES
@@ -124,12 +124,18 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
         :class:`~skprompt.inference.abc_smc.ABCSMCLearner`). ``"snpe"``: see
         :class:`~skprompt.inference.snpe.SNPELearner`. A ``prior_variance``
         left unset defaults to ``sigma0 ** 2``.
-    vote_smoothing : float >= 0, default=1.0
-        For vote-based predictions (likelihood-free methods, label-only
-        backends): a symmetric Dirichlet pseudo-count added to every class of
-        the weighted vote histogram, in units of one prompt's vote, so that
-        ``predict_proba`` never returns an exact 0 and log loss stays finite.
-        ``0`` turns it off (the raw vote shares).
+    vote_smoothing : "error" or float >= 0, default="error"
+        How vote-based predictions (likelihood-free methods, label-only
+        backends) turn votes into probabilities without exact zeros, so that
+        log loss stays finite. ``"error"``: each kept prompt's vote is read
+        through a noisy channel with that prompt's own error rate on the fit
+        data, Laplace-smoothed (``(errors + 1) / (n + 2)``): a unanimous vote
+        of prompts that err 20% of the time gives about 0.8, not 1. This
+        costs ``n_samples x n_fit_texts`` queries at the end of ``fit``
+        (counted in ``n_queries_``; if ``budget`` cannot pay them, a
+        pseudo-count of 1 is used instead). A float: a symmetric Dirichlet
+        pseudo-count added to every class of the weighted vote histogram, in
+        units of one prompt's vote; ``0`` gives the raw vote shares.
     n_jobs : int or None, default=None
         Number of concurrent backend requests during ``fit`` and prediction
         (useful for remote or function backends; a local model already uses
@@ -166,6 +172,9 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
     labels_only_ : bool
         Whether predictions are vote histograms (likelihood-free method or
         label-only backend).
+    vote_error_rates_ : ndarray of shape (n_samples,) or None
+        With ``vote_smoothing="error"`` and vote-based predictions: the
+        smoothed error rate of each kept prompt on the fit data.
     budget_exhausted_ : bool
         Whether ``fit`` stopped on ``budget``.
 
@@ -212,7 +221,7 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
         validation_fraction=0.25,
         budget=None,
         method_params=None,
-        vote_smoothing=1.0,
+        vote_smoothing="error",
         n_jobs=None,
         random_state=None,
         verbose=0,
@@ -261,7 +270,8 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"method_params must be a dict or None; got {type(self.method_params).__name__}.")
         if self.method == "abc-smc" and self.n_prompts < 2:
             raise ValueError(f"n_prompts must be >= 2 for method='abc-smc' (the particle count); got {self.n_prompts}.")
-        check_param("vote_smoothing", self.vote_smoothing, "real", low=0)
+        if not (isinstance(self.vote_smoothing, str) and self.vote_smoothing == "error"):
+            check_param("vote_smoothing", self.vote_smoothing, "real", low=0)
         if self.n_jobs is not None:
             check_param("n_jobs", self.n_jobs, "int")
             if self.n_jobs == 0:
@@ -379,12 +389,12 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
                                       embedding_std=std, random_state=rng)
         splits = self._split(texts, y_idx, rng)
 
+        problem = PromptProblem(backend, projection, classes, splits, loss, labels_only,
+                                budget=self.budget, n_jobs=self.n_jobs)
         if zero_shot:
             samples, weights = np.zeros((1, 0)), np.ones(1)
-            history, n_iter, exhausted, n_queries = np.empty((0, 1)), 0, False, 0
+            history, n_iter, exhausted = np.empty((0, 1)), 0, False
         else:
-            problem = PromptProblem(backend, projection, classes, splits, loss, labels_only,
-                                    budget=self.budget, n_jobs=self.n_jobs)
             needed = learner.minimum_budget(problem)
             if self.budget is not None and self.budget < needed:
                 raise ValueError(
@@ -399,14 +409,21 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
                 result = learner.fit(problem, rng)
                 problem.progress = None
             samples, weights, history = result.samples, result.weights, result.history
-            n_iter, exhausted, n_queries = result.n_iter, result.budget_exhausted, problem.queries
-            if exhausted:
-                warnings.warn(
-                    f"budget={self.budget} reached after {n_iter} iteration(s) and {n_queries} queries; "
-                    "keeping the best prompts found so far.",
-                    BudgetWarning,
-                    stacklevel=2,
-                )
+            n_iter, exhausted = result.n_iter, result.budget_exhausted
+        error_rates = None
+        if labels_only and self.vote_smoothing == "error":
+            error_rates = self._vote_error_rates(problem, samples)
+            exhausted = exhausted or error_rates is None
+        n_queries = problem.queries
+        if exhausted:
+            fallback = labels_only and error_rates is None and self.vote_smoothing == "error"
+            warnings.warn(
+                f"budget={self.budget} reached after {n_iter} iteration(s) and {n_queries} queries; "
+                "keeping the best prompts found so far"
+                + (" (votes smoothed by a pseudo-count of 1)." if fallback else "."),
+                BudgetWarning,
+                stacklevel=2,
+            )
 
         self.classes_ = classes
         self.backend_ = backend
@@ -419,7 +436,22 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
         self.history_ = history
         self.budget_exhausted_ = bool(exhausted)
         self.labels_only_ = labels_only
+        self.vote_error_rates_ = error_rates
         return self
+
+    @staticmethod
+    def _vote_error_rates(problem, samples):
+        """Laplace-smoothed error rate of each prompt on the fit data, or None past the budget."""
+        errors, n = 0, 0
+        try:
+            for split in ("train", "val"):
+                if problem.has_split(split):
+                    labels = problem.outputs(samples, split)
+                    errors = errors + (labels != problem.y(split)[None, :]).sum(axis=1)
+                    n += problem.n_texts(split)
+        except BudgetExhausted:
+            return None
+        return (errors + 1.0) / (n + 2.0)
 
     # --------------------------------------------------------------- predict
     def _outputs(self, X):
@@ -445,7 +477,11 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
             rows sum to 1.
         """
         outputs = self._outputs(X)
-        prior = self.vote_smoothing if self.labels_only_ else 0.0
+        if not self.labels_only_:
+            return aggregate_outputs(outputs, self.weights_, len(self.classes_))
+        if self.vote_error_rates_ is not None:
+            return aggregate_outputs(outputs, self.weights_, len(self.classes_), error_rates=self.vote_error_rates_)
+        prior = 1.0 if self.vote_smoothing == "error" else self.vote_smoothing
         return aggregate_outputs(outputs, self.weights_, len(self.classes_), vote_prior=prior)
 
     def predict_uncertainty(self, X):

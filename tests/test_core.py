@@ -144,3 +144,12 @@ def test_projection_with_an_initial_prompt():
     np.testing.assert_array_equal(proj(np.zeros((1, 4)))[0], init)
     with pytest.raises(ValueError, match=r"shape \(2, 3\)"):
         RandomProjection(2, 3, 4, embedding_mean=np.zeros((3, 3)))
+
+
+def test_aggregate_votes_through_error_channels():
+    votes = np.array([[0, 1], [0, 0]])  # 2 prompts x 2 texts, 3 classes
+    out = aggregate_outputs(votes, np.array([0.5, 0.5]), 3, error_rates=np.array([0.2, 0.4]))
+    # text 0: both vote 0 -> p0 = .5*.8 + .5*.6 = .7, others .5*.1 + .5*.2 = .15 each
+    np.testing.assert_allclose(out[0], [0.7, 0.15, 0.15])
+    # text 1: prompt 1 votes 1 (.8 there, .1 elsewhere), prompt 2 votes 0 (.6 there, .2 elsewhere)
+    np.testing.assert_allclose(out[1], [0.5 * 0.1 + 0.5 * 0.6, 0.5 * 0.8 + 0.5 * 0.2, 0.5 * 0.1 + 0.5 * 0.2])

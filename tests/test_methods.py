@@ -149,3 +149,28 @@ def test_predict_uncertainty_decomposition(task):
         vote_entropy = -np.where(raw > 0, raw * np.log(raw), 0).sum(axis=1)
     np.testing.assert_allclose(ua.total, vote_entropy, atol=1e-12)
     assert set(u.as_dict()) == {"total", "aleatoric", "epistemic"}
+
+
+def test_error_channel_vote_smoothing_uses_each_prompts_fit_error(task):
+    backend, X, y, X_test, _ = task
+    clf = make("abc-smc", backend).fit(X, y)  # default vote_smoothing="error"
+    K = len(clf.weights_)
+    labels = backend.predict_labels(clf.prompt_embeddings_, X, clf.classes_)
+    errors = (labels != np.searchsorted(clf.classes_, y)[None, :]).sum(axis=1)
+    np.testing.assert_allclose(clf.vote_error_rates_, (errors + 1) / (len(X) + 2))
+    raw = make("abc-smc", backend, vote_smoothing=0.0).fit(X, y)
+    assert clf.n_queries_ == raw.n_queries_ + K * len(X)  # the error rates cost one pass over the fit data
+    votes = backend.predict_labels(clf.prompt_embeddings_, X_test, clf.classes_)
+    unanimous = np.flatnonzero((votes == votes[0]).all(axis=0))[0]
+    expected = np.sum(clf.weights_ * (1 - clf.vote_error_rates_))
+    np.testing.assert_allclose(clf.predict_proba([X_test[unanimous]])[0].max(), expected)
+
+
+def test_error_channel_falls_back_to_a_pseudo_count_past_the_budget(task):
+    backend, X, y, X_test, _ = task
+    with pytest.warns(BudgetWarning, match="pseudo-count of 1"):
+        clf = make("abc-smc", backend, budget=4000).fit(X, y)
+    assert clf.vote_error_rates_ is None
+    assert clf.n_queries_ <= 4000
+    np.testing.assert_allclose(clf.predict_proba(X_test), make("abc-smc", backend, budget=4000,
+                                                                vote_smoothing=1.0).fit(X, y).predict_proba(X_test))

@@ -109,7 +109,7 @@ def request_cost(problem, n_candidates, split):
     return int(n_candidates) * problem.n_texts(split)
 
 
-def aggregate_outputs(outputs, weights, n_classes, vote_prior=0.0):
+def aggregate_outputs(outputs, weights, n_classes, vote_prior=0.0, error_rates=None):
     """Predictive class probabilities of a weighted set of prompts.
 
     Parameters
@@ -124,6 +124,11 @@ def aggregate_outputs(outputs, weights, n_classes, vote_prior=0.0):
         vote histogram (a symmetric Dirichlet prior), counted in units of the
         total weight of one prompt among ``n_samples`` -- i.e. the histogram is
         ``(votes + vote_prior / n_samples) / (1 + n_classes * vote_prior / n_samples)``.
+    error_rates : ndarray of shape (n_samples,), optional
+        Label-only only, instead of ``vote_prior``: each prompt's vote is
+        read through a symmetric noisy channel with its own error rate
+        ``e_k``: it puts ``1 - e_k`` on its label and ``e_k / (n_classes - 1)``
+        on every other class.
 
     Returns
     -------
@@ -143,6 +148,12 @@ def aggregate_outputs(outputs, weights, n_classes, vote_prior=0.0):
     else:
         n_samples, n_texts = outputs.shape
         proba = np.zeros((n_texts, n_classes))
+        if error_rates is not None:
+            e = np.asarray(error_rates, dtype=np.float64)
+            for k in range(n_samples):
+                proba += weights[k] * e[k] / (n_classes - 1)
+                proba[np.arange(n_texts), outputs[k]] += weights[k] * (1.0 - e[k] - e[k] / (n_classes - 1))
+            return proba / proba.sum(axis=1, keepdims=True)
         for k in range(n_samples):
             proba[np.arange(n_texts), outputs[k]] += weights[k]
         if vote_prior:
