@@ -3,7 +3,8 @@ black-box language models, as scikit-learn classifiers."""
 
 from .classifier import METHODS, BlackBoxPromptClassifier
 from .exceptions import BudgetWarning
+from .whitebox import GradientPromptClassifier
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["BlackBoxPromptClassifier", "BudgetWarning", "METHODS", "__version__"]
+__all__ = ["BlackBoxPromptClassifier", "BudgetWarning", "GradientPromptClassifier", "METHODS", "__version__"]
