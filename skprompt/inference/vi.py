@@ -47,7 +47,7 @@ again, so successive q are compared on the same noise). The q with the lowest
 validation log loss is kept, as the paper selects its q by validation loss.
 The cost is ``n_val_draws * n_val`` queries per generation, about
 ``n_val_draws / (popsize * n_mc)`` of the training queries times
-``n_val / N``: about 3% with the defaults and a 25% validation split.
+``n_val / N``: about 4% with the defaults and a 25% validation split.
 
 Without a validation split the final CMA-ES mean is kept. Keeping the
 candidate with the lowest Monte Carlo ELBO instead would keep the luckiest
@@ -61,13 +61,36 @@ uniformly.
 
 Defaults
 --------
-``n_mc = 10`` draws per candidate, as in the paper. ``kl_weight = 1`` (Bayes'
-rule) and ``prior_variance = sigma0**2`` (1 with the estimator's default
-``sigma0``) were chosen by measurement. The estimator's random projection
-maps ``z ~ N(0, I)`` to prompt perturbations with the spread of the model's
-own input embeddings, so this prior is "perturbations of ``sigma0`` times the
-embedding spread", the same scale CMA-ES starts searching at, and the initial
-q (``init_log_var = 2 log sigma0``) is the prior itself. The measurement: a synthetic, misspecified task whose class score
+``n_mc = 2`` draws per candidate (the paper used 10), ``kl_weight = 0.1``
+(the paper used 1e-3) and ``prior_variance = sigma0**2`` (0.01 with the
+estimator's default ``sigma0=0.1``; the paper used 50) were chosen by
+measurement. The estimator's random projection maps ``z ~ N(0, I)`` to
+prompt perturbations with the spread of the model's own input embeddings, so
+this prior is "perturbations of ``sigma0`` times the embedding spread", the
+same scale CMA-ES starts searching at, and the initial q
+(``init_log_var = 2 log sigma0``) is the prior itself.
+
+On the real model (SmolLM2-135M-Instruct, Rotten Tomatoes, 16 examples per
+class, 300 test texts, ``budget=3000``; seeds 0, 1, 2; zero-shot accuracy
+.770 / .787 / .747):
+
+==============================  =====  =====  =====  =====
+(n_mc, kl_weight)               seed 0 seed 1 seed 2 mean
+==============================  =====  =====  =====  =====
+(10, 1), the previous default   .750   .803   .743   .765
+(4, 1)                          .773   .800   .743   .772
+(4, 0.1)                        .783   .800   .743   .775
+(2, 0.1), the default           .793   .807   .743   .781
+==============================  =====  =====  =====  =====
+
+Common random numbers make two draws per candidate enough to rank a
+generation, and fewer draws buy more generations from the same budget; the
+milder tempering (``kl_weight = 0.1``) lets q move away from the prior that
+24 training texts cannot overcome in 50 dimensions at ``kl_weight = 1``.
+Earlier, on a synthetic task (below), ``(kl_weight, prior_variance)`` =
+``(1, 1)`` and ``(0.1, 0.3)`` (in units of ``sigma0**2`` there: ``sigma0=1``)
+were within noise of each other and the paper's ``(1e-3, 50)`` was worst.
+The measurement: a synthetic, misspecified task whose class score
 is ``3 * x_i . tanh(C z)`` (``C`` a random ``5 x dim`` map, ``x_i`` a text's
 features, labels from a noisy linear rule), 24 training, 8 validation and
 2,000 test texts, ``popsize=10``, ``n_mc=10``, 5 prompts drawn from q, 20
@@ -155,8 +178,8 @@ __all__ = ["VariationalLearner", "DEFAULT_PARAMS", "check_method_params", "gauss
 #:     Draws from q whose averaged probabilities are scored on the validation
 #:     split; ``None`` means ``n_mc``.
 DEFAULT_PARAMS = {
-    "n_mc": 10,
-    "kl_weight": 1.0,
+    "n_mc": 2,
+    "kl_weight": 0.1,
     "prior_variance": None,
     "init_log_var": None,
     "min_variance": 1e-4,
