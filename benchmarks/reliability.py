@@ -1,6 +1,6 @@
 """The reliability benchmark, as a script: same as ``skprompt bench``.
 
-    python benchmarks/reliability.py --quick          # about 20 minutes on 2 cores
+    python benchmarks/reliability.py --quick          # about 15 minutes on 2 cores
     python benchmarks/reliability.py --size full      # the larger size
 
 See ``skprompt bench --help`` for the options and ``docs/results.md`` for the

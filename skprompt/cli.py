@@ -81,6 +81,9 @@ def _bench(args):
             fields[key] = tuple(fields[key])
     if args.budget is not None:
         fields["budget"] = args.budget if args.budget > 0 else None
+        fields["budget_per_text"] = None
+    if args.budget_per_text is not None:
+        fields["budget_per_text"] = args.budget_per_text if args.budget_per_text > 0 else None
     config = BenchConfig(size=size, **fields)
     out = args.out or f"bench_results/{size}"
     print(f"skprompt bench ({size}): {len(config.tasks)} tasks x {len(config.methods)} methods x "
@@ -112,12 +115,14 @@ def _parser():
 
     bench = sub.add_parser("bench", help="reliability benchmark: 3 tasks x all methods x seeds, tables and plots")
     size = bench.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="the quick size (about 20 minutes on 2 cores)")
+    size.add_argument("--quick", action="store_true", help="the quick size (about 15 minutes on 2 cores)")
     size.add_argument("--size", choices=["quick", "full"], default="full", help="preset size (default: full)")
     bench.add_argument("--tasks", nargs="+", choices=list(OOD_SOURCES), help="tasks (default: all three)")
     bench.add_argument("--methods", nargs="+", choices=list(METHOD_NAMES), help="methods (default: all)")
     bench.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 0 1 2)")
-    bench.add_argument("--budget", type=int, help="queries per fit (0: unlimited; default: the size's)")
+    bench.add_argument("--budget", type=int, help="queries per fit (0: unlimited); replaces the size's budget")
+    bench.add_argument("--budget-per-text", type=float,
+                       help="queries per fit text (default: the size's: 30 quick, 150 full)")
     bench.add_argument("--out", help="output folder (default: bench_results/<size>); an existing one resumes")
     bench.add_argument("--no-plots", action="store_true", help="skip the reliability diagrams")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")

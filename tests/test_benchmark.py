@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from skprompt import cli
-from skprompt.benchmark import BenchConfig, run_benchmark
+from skprompt.benchmark import SIZES, BenchConfig, fit_budget, run_benchmark
 from skprompt.evaluation import mean_std_table, multiclass_brier, ood_metrics, prediction_metrics
 
 
@@ -63,6 +63,15 @@ def test_benchmark_runs_resumes_and_writes_outputs(tmp_path):
     # a changed configuration is not served from the old results
     changed = BenchConfig(**{**config.__dict__, "budget": 300})
     assert changed.key() != config.key()
+
+
+def test_budget_per_text_scales_with_the_fit_texts():
+    assert fit_budget(BenchConfig(budget=500), 64) == 500
+    per_text = BenchConfig(budget=500, budget_per_text=30)
+    assert fit_budget(per_text, 32) == 960 and fit_budget(per_text, 80) == 2400
+    assert per_text.key() != BenchConfig(budget=500).key()
+    quick = BenchConfig(size="quick", **SIZES["quick"])
+    assert fit_budget(quick, 80) == 30 * 80
 
 
 def test_benchmark_rejects_unknown_names(tmp_path):
