@@ -19,6 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from ._problem import PromptProblem
+from ._estimator import ProbaMethodsMixin
 from ._validation import check_labels, check_param, check_texts
 from .backends.base import PromptBackend
 from .exceptions import BudgetWarning
@@ -40,7 +41,7 @@ LABEL_METHODS = ("abc-smc", "snpe")
 SCORE_METHODS = ("vi",)
 
 
-class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
+class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator):
     """Soft-prompt tuning of a black-box language model, as a classifier.
 
     The model is only queried: for candidate soft prompts (continuous vectors
@@ -205,6 +206,8 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
     >>> clf.predict_proba(["good"]).shape
     (1, 2)
     """
+
+    _fitted_attribute = "samples_"
 
     def __init__(
         self,
@@ -503,29 +506,3 @@ class BlackBoxPromptClassifier(ClassifierMixin, BaseEstimator):
             unsmoothed histogram). See :mod:`skprompt.uncertainty`.
         """
         return decompose_uncertainty(self._outputs(X), self.weights_, len(self.classes_))
-
-    def predict_log_proba(self, X):
-        """Logarithm of :meth:`predict_proba`."""
-        with np.errstate(divide="ignore"):
-            return np.log(self.predict_proba(X))
-
-    def decision_function(self, X):
-        """Confidence scores.
-
-        Returns
-        -------
-        ndarray of shape (n_samples,) for two classes
-            ``log p(classes_[1]) - log p(classes_[0])``;
-        ndarray of shape (n_samples, n_classes) otherwise
-            the log-probabilities.
-        """
-        check_is_fitted(self, "samples_")
-        log_proba = self.predict_log_proba(X)
-        if len(self.classes_) == 2:
-            return log_proba[:, 1] - log_proba[:, 0]
-        return log_proba
-
-    def predict(self, X):
-        """Most probable class of each text: ``classes_[argmax(predict_proba)]``."""
-        check_is_fitted(self, "samples_")
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]

@@ -27,6 +27,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
+from ._estimator import ProbaMethodsMixin
 from ._validation import check_labels, check_param, check_texts
 from .backends.base import PromptBackend
 from .backends.huggingface import CausalLMBackend, MaskedLMBackend
@@ -98,7 +99,7 @@ class _FrozenModel:
             m.training = flag
 
 
-class GradientPromptClassifier(ClassifierMixin, BaseEstimator):
+class GradientPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator):
     """White-box reference: soft-prompt tuning with gradients (needs the weights).
 
     The full-access counterpart of
@@ -228,6 +229,8 @@ class GradientPromptClassifier(ClassifierMixin, BaseEstimator):
     >>> clf.predict(["What a delight!"])  # doctest: +SKIP
     array(['fresh'], dtype='<U6')
     """
+
+    _fitted_attribute = "prompt_embeddings_"
 
     def __init__(
         self,
@@ -364,32 +367,6 @@ class GradientPromptClassifier(ClassifierMixin, BaseEstimator):
         texts = check_texts(X)
         outputs = self.backend_.score(self.prompt_embeddings_, texts, list(self.classes_))
         return aggregate_outputs(outputs, self.weights_, len(self.classes_))
-
-    def predict_log_proba(self, X):
-        """Logarithm of :meth:`predict_proba`."""
-        with np.errstate(divide="ignore"):
-            return np.log(self.predict_proba(X))
-
-    def decision_function(self, X):
-        """Confidence scores.
-
-        Returns
-        -------
-        ndarray of shape (n_samples,) for two classes
-            ``log p(classes_[1]) - log p(classes_[0])``;
-        ndarray of shape (n_samples, n_classes) otherwise
-            the log-probabilities.
-        """
-        check_is_fitted(self, "prompt_embeddings_")
-        log_proba = self.predict_log_proba(X)
-        if len(self.classes_) == 2:
-            return log_proba[:, 1] - log_proba[:, 0]
-        return log_proba
-
-    def predict(self, X):
-        """Most probable class of each text: ``classes_[argmax(predict_proba)]``."""
-        check_is_fitted(self, "prompt_embeddings_")
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
 
 class _Trainer:
