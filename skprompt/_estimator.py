@@ -7,10 +7,38 @@ sklearn classifier with probabilities has, written once.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+from sklearn.model_selection import train_test_split
 from sklearn.utils.validation import check_is_fitted
 
-__all__ = ["ProbaMethodsMixin"]
+__all__ = ["ProbaMethodsMixin", "validation_split"]
+
+
+def validation_split(texts, y_idx, fraction, rng, *, stacklevel=3):
+    """The stratified train / validation split both estimators select with.
+
+    Returns ``{"train": (texts, y)}`` plus ``"val"`` when ``fraction`` is not
+    None and every class can be held out; otherwise it warns and selects by
+    training loss. Indices are kept in input order. The seed is drawn from
+    ``rng`` (a ``RandomState``) in both cases that split.
+    """
+    if fraction is None:
+        return {"train": (texts, y_idx)}
+    idx = np.arange(len(texts))
+    try:
+        tr, va = train_test_split(idx, test_size=fraction, stratify=y_idx, random_state=rng.randint(0, 2**31 - 1))
+    except ValueError as exc:
+        warnings.warn(
+            f"validation_fraction={fraction} cannot hold out every class ({exc}); "
+            "selecting by training loss instead.",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+        return {"train": (texts, y_idx)}
+    tr, va = np.sort(tr), np.sort(va)
+    return {"train": ([texts[i] for i in tr], y_idx[tr]), "val": ([texts[i] for i in va], y_idx[va])}
 
 
 class ProbaMethodsMixin:

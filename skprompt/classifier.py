@@ -13,13 +13,12 @@ import warnings
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from ._problem import PromptProblem
-from ._estimator import ProbaMethodsMixin
+from ._estimator import ProbaMethodsMixin, validation_split
 from ._validation import check_labels, check_param, check_texts
 from .backends.base import PromptBackend
 from .exceptions import BudgetWarning
@@ -329,24 +328,6 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
                 return int(getattr(learner, name))
         return default
 
-    def _split(self, texts, y_idx, rng):
-        if self.validation_fraction is None:
-            return {"train": (texts, y_idx)}
-        idx = np.arange(len(texts))
-        try:
-            tr, va = train_test_split(idx, test_size=self.validation_fraction, stratify=y_idx,
-                                      random_state=rng.randint(0, 2**31 - 1))
-        except ValueError as exc:
-            warnings.warn(
-                f"validation_fraction={self.validation_fraction} cannot hold out every class "
-                f"({exc}); selecting prompts by training loss instead.",
-                UserWarning,
-                stacklevel=3,
-            )
-            return {"train": (texts, y_idx)}
-        tr, va = np.sort(tr), np.sort(va)
-        return {"train": ([texts[i] for i in tr], y_idx[tr]), "val": ([texts[i] for i in va], y_idx[va])}
-
     # ------------------------------------------------------------------- fit
     def fit(self, X, y):
         """Tune the prompt distribution on texts ``X`` with labels ``y``.
@@ -390,7 +371,7 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         projection = RandomProjection(n_tokens, backend.embedding_dim, dim,
                                       embedding_mean=mean if init is None else init,
                                       embedding_std=std, random_state=rng)
-        splits = self._split(texts, y_idx, rng)
+        splits = validation_split(texts, y_idx, self.validation_fraction, rng)
 
         problem = PromptProblem(backend, projection, classes, splits, loss, labels_only,
                                 budget=self.budget, n_jobs=self.n_jobs)

@@ -22,12 +22,11 @@ import warnings
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from ._estimator import ProbaMethodsMixin
+from ._estimator import ProbaMethodsMixin, validation_split
 from ._validation import check_labels, check_param, check_texts
 from .backends.base import PromptBackend
 from .backends.huggingface import CausalLMBackend, MaskedLMBackend
@@ -56,25 +55,6 @@ def _torch_loss(name, log_proba, y):
         others = log_proba.masked_fill(onehot, -math.inf).max(dim=1).values
         return torch.clamp(HINGE_MARGIN - (true - others), min=0.0).mean()
     return ((log_proba.exp() - onehot.to(log_proba.dtype)) ** 2).sum(dim=1).mean()  # brier
-
-
-def _stratified_split(texts, y_idx, fraction, rng):
-    """``{"train": (texts, y), "val": (texts, y)}``, as BlackBoxPromptClassifier splits."""
-    if fraction is None:
-        return {"train": (texts, y_idx)}
-    idx = np.arange(len(texts))
-    try:
-        tr, va = train_test_split(idx, test_size=fraction, stratify=y_idx, random_state=rng.randint(0, 2**31 - 1))
-    except ValueError as exc:
-        warnings.warn(
-            f"validation_fraction={fraction} cannot hold out every class ({exc}); "
-            "selecting the prompt by training loss instead.",
-            UserWarning,
-            stacklevel=3,
-        )
-        return {"train": (texts, y_idx)}
-    tr, va = np.sort(tr), np.sort(va)
-    return {"train": ([texts[i] for i in tr], y_idx[tr]), "val": ([texts[i] for i in va], y_idx[va])}
 
 
 class _FrozenModel:
@@ -330,7 +310,7 @@ class GradientPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
             noise = rng.standard_normal((n_tokens, backend.embedding_dim))
             init = np.asarray(mean)[None, :] + INIT_NOISE * float(std) * noise
         init = np.asarray(init, dtype=np.float32).reshape(n_tokens, backend.embedding_dim)
-        splits = _stratified_split(texts, y_idx, self.validation_fraction, rng)
+        splits = validation_split(texts, y_idx, self.validation_fraction, rng)
 
         with _FrozenModel(backend.model):
             result = _Trainer(self, backend, list(classes), splits, rng).run(init)

@@ -278,8 +278,9 @@ def test_validation_fallback_warns_when_a_class_is_tiny():
     y = y.copy()
     y[:] = "a"
     y[0] = "b"
-    with pytest.warns(UserWarning, match="selecting prompts by training loss"):
+    with pytest.warns(UserWarning, match="cannot hold out every class.*selecting by training loss") as record:
         make_clf(backend, max_iter=2).fit(X, y)
+    assert record[0].filename == __file__  # points at the caller's fit, not at skprompt
 
 
 # ---------------------------------------------------------------- bad input
