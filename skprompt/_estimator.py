@@ -16,7 +16,7 @@ from sklearn.utils.validation import check_is_fitted
 __all__ = ["ProbaMethodsMixin", "validation_split"]
 
 
-def validation_split(texts, y_idx, fraction, rng, *, stacklevel=3):
+def validation_split(texts, y_idx, fraction, rng):
     """The stratified train / validation split both estimators select with.
 
     Returns ``{"train": (texts, y)}`` plus ``"val"`` when ``fraction`` is not
@@ -34,7 +34,7 @@ def validation_split(texts, y_idx, fraction, rng, *, stacklevel=3):
             f"validation_fraction={fraction} cannot hold out every class ({exc}); "
             "selecting by training loss instead.",
             UserWarning,
-            stacklevel=stacklevel,
+            stacklevel=3,  # the user's call of fit
         )
         return {"train": (texts, y_idx)}
     tr, va = np.sort(tr), np.sort(va)

@@ -222,6 +222,11 @@ def run_benchmark(config, out_dir, *, progress=True, plots=True):
     bad_tasks = sorted(set(config.tasks) - set(OOD_SOURCES))
     if bad_tasks:
         raise ValueError(f"tasks: unknown {bad_tasks}; expected some of {list(OOD_SOURCES)}.")
+    if config.budget is not None and not (isinstance(config.budget, int) and config.budget >= 1):
+        raise ValueError(f"budget: expected a positive int or None; got {config.budget!r}.")
+    per_text = config.budget_per_text
+    if per_text is not None and not (isinstance(per_text, (int, float)) and np.isfinite(per_text) and per_text > 0):
+        raise ValueError(f"budget_per_text: expected a positive number or None; got {per_text!r}.")
     out_dir = Path(out_dir)
     (out_dir / "runs").mkdir(parents=True, exist_ok=True)
     records = []

@@ -79,6 +79,10 @@ def test_benchmark_rejects_unknown_names(tmp_path):
         run_benchmark(BenchConfig(methods=("nope",)), tmp_path, progress=False)
     with pytest.raises(ValueError, match="tasks: unknown"):
         run_benchmark(BenchConfig(tasks=("imdb",)), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="budget_per_text: expected a positive number"):
+        run_benchmark(BenchConfig(budget_per_text=-3), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="budget: expected a positive int"):
+        run_benchmark(BenchConfig(budget=0), tmp_path, progress=False)
 
 
 @pytest.mark.real_model
