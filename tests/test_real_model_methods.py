@@ -1,20 +1,31 @@
 """Every method on the real model and real data, at a small budget.
 
 SmolLM2-135M-Instruct on Rotten Tomatoes (16 fit examples per class, 300
-held-out texts, seeds 0, 1, 2): each tuning method, given only ``BUDGET``
-(prompt, text) queries per fit, must beat the zero-shot accuracy of the same
-model with the same template, on average over the three seeds (one seed's
-300 texts leave ties and one-text differences to chance: at this budget
-``abc-smc`` gains about half a point on average). With the default
-``prompt_position="tail"`` the untuned prompt *is* the zero-shot input, so
-this checks that the search moves somewhere better on held-out data, not
-merely that it runs.
+held-out texts, seeds 0, 1, 2), each tuning method given only ``BUDGET``
+(prompt, text) queries per fit.
 
-``method="snpe"`` is not here: it does NOT beat zero-shot at small budgets
-yet (mean accuracy 0.763 at both 3,000 and 6,000 queries against 0.768
-zero-shot; one round costs 200 simulations x 24 texts = 4,800 queries), only
-at its default budget (24,288 queries: 0.783 vs 0.776 on the demo task,
-docs/defaults.md). Its known-answer tests are in tests/test_snpe.py.
+Score-based methods (``bbt``, ``ensemble``, ``vi``) must beat the zero-shot
+accuracy of the same model with the same template, on average over the three
+seeds. With the default ``prompt_position="tail"`` the untuned prompt *is*
+the zero-shot input, so this checks that the search moves somewhere better on
+held-out data, not merely that it runs. (``vi`` stays above zero-shot on
+seeds 3, 4, 5 too: mean 0.786 vs 0.772 over seeds 0-5.)
+
+Label-only methods (``abc-smc``, ``snpe``) are NOT asserted to beat zero-shot
+accuracy, because measurement says they do not, robustly, on this task
+(docs/defaults.md, "Label-only methods at a small budget"): over seeds 0-5
+at this budget ``abc-smc`` averages 0.765 and ``snpe`` 0.763 against 0.772
+for zero-shot, and ``snpe`` at its default 24,288 queries 0.776. Even an
+(almost) exact label-only posterior, built from 1,000 prior draws, is no
+better than zero-shot on held-out texts here: 24 labels fix a few borderline
+training texts and not the test set. What a likelihood-free posterior must
+do on real data is what is checked instead: its prompts agree with the
+training labels more than prompts drawn from the prior do. ``abc-smc`` does
+(0.779 vs 0.742 on the 32 fit texts, mean of the 3 seeds); ``snpe`` does not
+yet (0.734): its neural posterior at the true labels stays at the prior,
+whose 0.1% region that reproduces the labels 1,000 simulations cannot
+locate. That test is a strict xfail, so that it fails (XPASS) the day SNPE
+concentrates and the mark must come off.
 """
 
 from __future__ import annotations
@@ -52,7 +63,7 @@ def demo_task():
 
 
 @pytest.mark.filterwarnings("ignore::skprompt.BudgetWarning")
-@pytest.mark.parametrize("method", ["bbt", "ensemble", "vi", "abc-smc"])
+@pytest.mark.parametrize("method", ["bbt", "ensemble", "vi"])
 def test_method_beats_zero_shot_at_a_small_budget(demo_task, method):
     backend, splits, zero_shot_accuracy = demo_task
     budget = BUDGET
@@ -63,3 +74,34 @@ def test_method_beats_zero_shot_at_a_small_budget(demo_task, method):
         assert 0 < clf.n_queries_ <= budget
         accuracies.append(_accuracy(clf, split))
     assert np.mean(accuracies) > zero_shot_accuracy, (method, accuracies, zero_shot_accuracy)
+
+
+def _fit_agreement(clf, Z, split):
+    """Per prompt (rows of ``Z``): the share of the fit texts it labels as given."""
+    from skprompt._problem import PromptProblem
+
+    problem = PromptProblem(clf.backend_, clf.projection_, clf.classes_, {}, "zero_one", labels_only=True)
+    labels = np.asarray(problem.query(clf.projection_(Z), list(split.X_train)))
+    y = np.searchsorted(clf.classes_, np.asarray(split.y_train))
+    return (labels == y[None, :]).mean(axis=1)
+
+
+_SNPE_GAP = ("SNPE's neural posterior at the true labels stays at the prior on the real model "
+             "(fit-label agreement 0.734 vs 0.742 for prior draws); see the module docstring")
+_SNPE_XFAIL = pytest.mark.xfail(strict=True, raises=AssertionError, reason=_SNPE_GAP)
+
+
+@pytest.mark.filterwarnings("ignore::skprompt.BudgetWarning")
+@pytest.mark.parametrize("method", ["abc-smc", pytest.param("snpe", marks=[pytest.mark.sbi, _SNPE_XFAIL])])
+def test_label_only_posterior_agrees_with_the_labels_more_than_the_prior(demo_task, method):
+    backend, splits, _ = demo_task
+    kept, prior = [], []
+    for seed, split in zip(SEEDS, splits):
+        clf = BlackBoxPromptClassifier(backend, method=method, budget=BUDGET, random_state=seed)
+        clf.fit(split.X_train, split.y_train)
+        assert clf.labels_only_ and 0 < clf.n_queries_ <= BUDGET
+        kept.append(float(clf.weights_ @ _fit_agreement(clf, clf.samples_, split)))
+        # the prior of both learners: N(0, sigma0**2 I) (prior_variance left at its default)
+        draws = np.random.default_rng(seed).normal(0.0, clf.sigma0, (64, clf.intrinsic_dim))
+        prior.append(float(_fit_agreement(clf, draws, split).mean()))
+    assert np.mean(kept) > np.mean(prior), (method, kept, prior)

@@ -79,6 +79,18 @@ run fewer than ``min_simulations`` is not started, and the learner stops
 (``budget_exhausted``). Each round's simulations are evaluated in one request
 to the problem.
 
+Known limit: observations no simulation reproduces
+--------------------------------------------------
+The posterior is read at x_o, the true labels. When the prompts the prior
+proposes almost never reproduce them, the estimator has almost no
+simulations near x_o to learn from and its posterior there stays close to
+the prior. On the real demo task (SmolLM2, Rotten Tomatoes, 24 training
+texts) 0-5 of 1,000 prior draws reproduce the labels of the texts whose
+label varies at all, and the posterior draws agree with the training labels
+no more than prior draws do, after 5 rounds too (docs/defaults.md,
+"Label-only methods at a small budget"). ``info["round_mean_error"]``
+staying flat across rounds is the symptom.
+
 Model selection
 ---------------
 After every round, ``n_samples`` prompts are drawn from the posterior at x_o.
