@@ -9,7 +9,7 @@ accuracy of the same model with the same template, on average over the three
 seeds. With the default ``prompt_position="tail"`` the untuned prompt *is*
 the zero-shot input, so this checks that the search moves somewhere better on
 held-out data, not merely that it runs. (``vi`` stays above zero-shot on
-seeds 3, 4, 5 too: mean 0.786 vs 0.772 over seeds 0-5.)
+seeds 3, 4, 5 too: mean 0.784 vs 0.772 over seeds 0-5.)
 
 Label-only methods (``abc-smc``, ``snpe``) are NOT asserted to beat zero-shot
 accuracy, because measurement says they do not, robustly, on this task
@@ -23,8 +23,8 @@ do on real data is what is checked instead: its prompts agree with the
 training labels more than prompts drawn from the prior do. ``abc-smc`` does
 (0.779 vs 0.742 on the 32 fit texts, mean of the 3 seeds); ``snpe`` does not
 yet (0.734): its neural posterior at the true labels stays at the prior,
-whose 0.1% region that reproduces the labels 1,000 simulations cannot
-locate. That test is a strict xfail, so that it fails (XPASS) the day SNPE
+of whose draws only 0-5 in 1,000 reproduce the labels of the texts whose
+label varies (docs/defaults.md). That test is a strict xfail, so that it fails (XPASS) the day SNPE
 concentrates and the mark must come off.
 """
 
