@@ -177,6 +177,17 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         smoothed error rate of each kept prompt on the fit data.
     budget_exhausted_ : bool
         Whether ``fit`` stopped on ``budget``.
+    fit_info_ : dict
+        The learner's diagnostics, to check what a fit did; the keys depend
+        on ``method`` (empty for ``"zero-shot"``). ``"bbt"``/``"ensemble"``:
+        ``selection_losses``. ``"vi"``: the kept q (``mean``, ``variance``,
+        ``generation``) and per-generation ``elbo``, ``nll``, ``kl``,
+        ``val_log_loss``. ``"abc-smc"``: per-round ``tolerance``,
+        ``acceptance_rate``, ``ess``, ``val_accuracy``, ``simulations``, and
+        ``kept_round``, ``stop_reason``. ``"snpe"``: per-round ``n_simulations``,
+        ``round_mean_error`` (a flat sequence says the posterior has not
+        moved from the prior), ``val_errors``, ``selected_round``. Each
+        learner's ``fit`` documents its keys.
 
     See Also
     --------
@@ -378,6 +389,7 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         if zero_shot:
             samples, weights = np.zeros((1, 0)), np.ones(1)
             history, n_iter, exhausted = np.empty((0, 1)), 0, False
+            fit_info = {}
         else:
             needed = learner.minimum_budget(problem)
             if self.budget is not None and self.budget < needed:
@@ -394,6 +406,7 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
                 problem.progress = None
             samples, weights, history = result.samples, result.weights, result.history
             n_iter, exhausted = result.n_iter, result.budget_exhausted
+            fit_info = dict(result.info)
         error_rates = None
         if labels_only and self.vote_smoothing == "error":
             error_rates = self._vote_error_rates(problem, samples)
@@ -418,6 +431,7 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         self.n_queries_ = int(n_queries)
         self.n_iter_ = int(n_iter)
         self.history_ = history
+        self.fit_info_ = fit_info
         self.budget_exhausted_ = bool(exhausted)
         self.labels_only_ = labels_only
         self.vote_error_rates_ = error_rates

@@ -4,6 +4,7 @@ Each must reach >= 0.9 held-out accuracy, give valid probabilities, honour the
 query budget and be deterministic under random_state.
 """
 
+import pickle
 import warnings
 
 import numpy as np
@@ -53,6 +54,39 @@ def test_method_learns_the_toy_task(method, task):
     assert clf.labels_only_ == (method in ("abc-smc", "snpe"))
     if clf.labels_only_:  # vote smoothing keeps every probability away from 0
         assert proba.min() > 0
+
+
+FIT_INFO_KEYS = {  # a few of each learner's documented diagnostics
+    "bbt": {"selection_losses"},
+    "ensemble": {"selection_losses"},
+    "vi": {"mean", "variance", "elbo", "val_log_loss"},
+    "abc-smc": {"tolerance", "acceptance_rate", "ess", "kept_round", "stop_reason"},
+    "snpe": {"n_simulations", "round_mean_error", "val_errors", "selected_round"},
+}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_fit_info_exposes_the_learners_diagnostics(method, task):
+    if method == "snpe":
+        pytest.importorskip("sbi")
+    backend, X, y, _, _ = task
+    clf = make(method, backend, budget=3000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BudgetWarning)
+        clf.fit(X, y)
+    assert FIT_INFO_KEYS[method] <= set(clf.fit_info_)
+    if method == "vi":  # the kept q is the one the samples were drawn from
+        np.testing.assert_allclose(clf.samples_.mean(axis=0), clf.fit_info_["mean"],
+                                   atol=4 * np.sqrt(clf.fit_info_["variance"].max() / len(clf.samples_)))
+    if method == "abc-smc":  # one tolerance per round, never looser than the one before
+        tol = np.asarray(clf.fit_info_["tolerance"])
+        assert len(tol) == clf.n_iter_ and np.all(np.diff(tol) <= 0)
+    if method == "snpe":
+        assert len(clf.fit_info_["round_mean_error"]) == len(clf.fit_info_["n_simulations"]) == clf.n_iter_
+        assert all(0 < n <= 300 for n in clf.fit_info_["n_simulations"])  # n_simulations=300 per round
+    restored = pickle.loads(pickle.dumps(clf))
+    assert set(restored.fit_info_) == set(clf.fit_info_)
+    assert BlackBoxPromptClassifier(backend, method="zero-shot").fit(X, y).fit_info_ == {}
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -89,7 +89,8 @@ texts) 0-5 of 1,000 prior draws reproduce the labels of the texts whose
 label varies at all, and the posterior draws agree with the training labels
 no more than prior draws do, after 5 rounds too (docs/defaults.md,
 "Label-only methods at a small budget"). ``info["round_mean_error"]``
-staying flat across rounds is the symptom.
+(``fit_info_["round_mean_error"]`` on the estimator) staying flat across
+rounds is the symptom.
 
 Model selection
 ---------------
