@@ -186,8 +186,10 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         ``acceptance_rate``, ``ess``, ``val_accuracy``, ``simulations``, and
         ``kept_round``, ``stop_reason``. ``"snpe"``: per-round ``n_simulations``,
         ``round_mean_error`` (a flat sequence says the posterior has not
-        moved from the prior), ``val_errors``, ``selected_round``. Each
-        learner's ``fit`` documents its keys.
+        moved from the prior), ``prior_overlap`` (at 0.99 or more ``fit``
+        emits a :class:`~skprompt.exceptions.PosteriorWarning`),
+        ``val_errors``, ``selected_round``. Each learner's ``fit`` documents
+        its keys.
 
     See Also
     --------
@@ -407,6 +409,8 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
             samples, weights, history = result.samples, result.weights, result.history
             n_iter, exhausted = result.n_iter, result.budget_exhausted
             fit_info = dict(result.info)
+            for category, message in result.warnings:
+                warnings.warn(message, category, stacklevel=2)
         error_rates = None
         if labels_only and self.vote_smoothing == "error":
             error_rates = self._vote_error_rates(problem, samples)

@@ -1,9 +1,9 @@
 """Warnings and errors of skprompt."""
 
 from .backends.base import BackendError
-from .inference.base import BudgetExhausted
+from .inference.base import BudgetExhausted, PosteriorWarning
 
-__all__ = ["BudgetWarning", "BackendError", "BudgetExhausted"]
+__all__ = ["BudgetWarning", "BackendError", "BudgetExhausted", "PosteriorWarning"]
 
 
 class BudgetWarning(UserWarning):

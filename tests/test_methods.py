@@ -89,6 +89,28 @@ def test_fit_info_exposes_the_learners_diagnostics(method, task):
     assert BlackBoxPromptClassifier(backend, method="zero-shot").fit(X, y).fit_info_ == {}
 
 
+@pytest.mark.sbi
+def test_estimator_emits_the_learners_warnings_at_the_users_call():
+    """A label-only API that ignores the prompt: SNPE's posterior is the prior,
+    and ``fit`` says so with a PosteriorWarning attributed to this file."""
+    pytest.importorskip("sbi")
+    from skprompt import PosteriorWarning
+    from skprompt.backends import FunctionBackend
+
+    def api(prompts, texts):  # the label depends on the text only
+        return np.tile([len(t) % 2 for t in texts], (len(prompts), 1))
+
+    X = [f"text {'x' * i}" for i in range(40)]
+    y = np.array(["even", "odd"])[np.arange(40) % 2]  # any labels: no prompt changes the API's answers
+    clf = BlackBoxPromptClassifier(FunctionBackend(api, embedding_dim=4, labels_only=True), method="snpe",
+                                   n_prompt_tokens=1, intrinsic_dim=3, random_state=0,
+                                   method_params={"n_rounds": 1, "n_simulations": 100})
+    with pytest.warns(PosteriorWarning, match="rules out almost nothing of the prior") as record:
+        clf.fit(X, y)
+    assert [w.filename for w in record if w.category is PosteriorWarning] == [__file__]
+    assert clf.fit_info_["prior_overlap"][-1] >= 0.99
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_method_is_deterministic(method, task):
     if method == "snpe":

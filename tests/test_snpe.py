@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from scipy.special import expit, log_expit
 
-from skprompt.inference.base import BudgetExhausted
-from skprompt.inference.snpe import SNPELearner, encode_summary
+from skprompt.inference.base import BudgetExhausted, PosteriorWarning
+from skprompt.inference.snpe import PRIOR_LIKE_OVERLAP, SNPELearner, encode_summary
 
 N_TEXTS = 40
 FEATURES = np.linspace(-2.0, 2.0, N_TEXTS)
@@ -171,6 +171,32 @@ def test_sequential_rounds_recover_the_posterior():
     assert all(0 < r < 1 for r in result.info["proposal_acceptance"][1:])
     # ... and so concentrate on better prompts than the prior draws of round 0
     assert result.info["round_mean_error"][2] < result.info["round_mean_error"][0]
+    # a posterior that learnt the labels is not reported as prior-like
+    assert len(result.info["prior_overlap"]) == 3 and result.info["prior_overlap"][-1] < PRIOR_LIKE_OVERLAP
+    assert result.warnings == []
+
+
+@pytest.mark.sbi
+@pytest.mark.parametrize("labels", ["fixed", "coin flips"])
+def test_a_posterior_that_learnt_nothing_is_reported(labels):
+    """Labels that do not depend on θ: the exact posterior is the prior. The
+    learner says so (a PosteriorWarning for the estimator to emit), with the
+    measured overlap, and leaves the draws of the run as they were."""
+    pytest.importorskip("sbi")
+    y = logistic_labels(1.0, seed=123)
+    if labels == "fixed":
+        def simulate(Z, split, rng):
+            return np.tile(y, (len(Z), 1))
+    else:
+        def simulate(Z, split, rng):
+            return (rng.random((len(Z), N_TEXTS)) < 0.5).astype(int)
+    result = SNPELearner(200, n_rounds=2, n_simulations=100).fit(ToyProblem(simulate, {"train": y}), 0)
+    overlap = result.info["prior_overlap"][-1]
+    assert overlap >= PRIOR_LIKE_OVERLAP
+    assert abs(result.samples.mean()) < 0.2 and 0.8 < result.samples.std() < 1.2  # the N(0, I) prior
+    [(category, message)] = result.warnings
+    assert category is PosteriorWarning
+    assert "method='snpe'" in message and f"{overlap:.1%}" in message and "abc-smc" in message
 
 
 # ------------------------------------------------------------------- budget

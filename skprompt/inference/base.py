@@ -40,6 +40,7 @@ import numpy as np
 
 __all__ = [
     "BudgetExhausted",
+    "PosteriorWarning",
     "LearnerResult",
     "Learner",
     "aggregate_outputs",
@@ -55,6 +56,11 @@ class BudgetExhausted(RuntimeError):
     Nothing is queried when it is raised: the learner stops and keeps the best
     it has found so far.
     """
+
+
+class PosteriorWarning(UserWarning):
+    """A learner's posterior over prompts is suspect (for example, ``snpe``'s
+    is indistinguishable from its prior); the message says why and what to try."""
 
 
 @dataclass
@@ -76,6 +82,9 @@ class LearnerResult:
         Whether the learner stopped because the query budget ran out.
     info : dict
         Learner-specific diagnostics (validation scores, tolerances, ...).
+    warnings : list of (Warning subclass, str)
+        Advice for the user. Learners do not warn themselves: the estimator
+        emits these from its ``fit``, so that they point at the user's call.
     """
 
     samples: np.ndarray
@@ -84,6 +93,7 @@ class LearnerResult:
     n_iter: int
     budget_exhausted: bool = False
     info: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
 
 
 class Learner:
