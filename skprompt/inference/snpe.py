@@ -492,25 +492,25 @@ class SNPELearner(Learner):
         threshold = _lower_quantile(log_q, self.truncation_quantile)
         return lambda theta: posterior.log_prob(theta, norm_posterior=False) > threshold
 
-    def _prior_overlap(self, prior, posterior, torch):
-        """Share of prior draws inside the posterior's highest-density region
-        (the region of :meth:`_region`); no queries.
+    @staticmethod
+    def _prior_overlap(prior, inside, torch):
+        """Share of prior draws inside a posterior's highest-density region
+        ``inside`` (from :meth:`_region`); no queries.
 
         About ``1 - truncation_quantile`` when the posterior at x_o rules out
         nothing of the prior (the next TSNPE round would accept every prior
         draw); lower when it has learnt something (module docstring).
         """
         with torch.random.fork_rng(devices=[]):  # a diagnostic: leave the run's draws as they were
-            inside = self._region(posterior)
             return float(inside(prior.sample((_OVERLAP_DRAWS,))).float().mean())
 
-    def _truncated_proposal(self, prior, posterior, n, torch):
-        """``n`` prior draws inside the posterior's high-density region (TSNPE).
+    def _truncated_proposal(self, prior, posterior, inside, n, torch):
+        """``n`` prior draws inside ``inside``, the posterior's high-density
+        region from :meth:`_region` (TSNPE).
 
         Returns the draws, the acceptance rate and how many came from the
         posterior because the bounded rejection fell short.
         """
-        inside = self._region(posterior)
         kept, n_kept, drawn = [], 0, 0
         while n_kept < n and drawn < self.max_proposal_draws:
             m = min(_PROPOSAL_BATCH, self.max_proposal_draws - drawn)
@@ -579,7 +579,7 @@ class SNPELearner(Learner):
         history = []
         best_so_far = np.inf
         exhausted = False
-        posterior = None
+        posterior = region = None
         kept, kept_key = None, None
         for r in range(self.n_rounds):
             n_sim = self._affordable(problem)
@@ -591,7 +591,7 @@ class SNPELearner(Learner):
                 if posterior is None:
                     theta = prior.sample((n_sim,))
                 elif self.sequential == "truncated":
-                    theta, rate, fallback = self._truncated_proposal(prior, posterior, n_sim, torch)
+                    theta, rate, fallback = self._truncated_proposal(prior, posterior, region, n_sim, torch)
                 else:
                     theta = posterior.sample((n_sim,), show_progress_bars=False)
             try:
@@ -620,7 +620,9 @@ class SNPELearner(Learner):
                     ) from exc
                 posterior = inference.build_posterior(density).set_default_x(x_o)
                 samples = posterior.sample((self.n_samples,), show_progress_bars=False)
-                overlap = self._prior_overlap(prior, posterior, torch)
+                # the region serves both the diagnostic and the next round's TSNPE proposal
+                region = self._region(posterior)
+                overlap = self._prior_overlap(prior, region, torch)
             samples = samples.detach().cpu().numpy().astype(np.float64)
 
             best_so_far = min(best_so_far, float(errors.min()))
@@ -664,8 +666,7 @@ class SNPELearner(Learner):
         advice = []
         if kept is None:  # not one round fitted in the budget: the posterior is the prior
             kept = prior.sample((self.n_samples,)).numpy().astype(np.float64)
-        elif info["prior_overlap"][info["selected_round"]] >= PRIOR_LIKE_OVERLAP:
-            overlap = info["prior_overlap"][info["selected_round"]]
+        elif (overlap := info["prior_overlap"][info["selected_round"]]) >= PRIOR_LIKE_OVERLAP:
             advice.append((PosteriorWarning, (
                 f"method='snpe': the posterior at the observed labels rules out almost nothing of the "
                 f"prior ({overlap:.1%} of prior draws lie in its {1 - self.truncation_quantile:.1%} "
