@@ -5,6 +5,20 @@ meet texts and a backend. It maps ``Z`` to soft prompts with the projection,
 asks the backend (in ``n_jobs`` concurrent requests if asked), counts every
 (prompt, text) pair it requests, and refuses a request that would exceed the
 budget *before* sending it.
+
+With ``calibration`` (``"bias"`` or ``"affine"``), every candidate's class
+scores go through its own read-out (:mod:`skprompt.readout`), fitted on that
+candidate's training scores: ``outputs`` and ``loss`` of either split are the
+calibrated ones, so every learner searches for the calibrated loss without
+knowing it. A candidate's read-out is fitted where its training scores are
+asked for anyway (a learner scores candidates on the training split before it
+validates them); a candidate validated without training scores costs its
+training queries once more, counted as any other.
+
+Every answer of a fit is remembered by candidate vector and split
+(:meth:`PromptProblem.known_outputs`), so that the estimator reads the kept
+prompts' answers (vote error rates on the validation split, read-outs) from
+what the learner already paid for, and queries only what was never asked.
 """
 
 from __future__ import annotations
@@ -17,6 +31,7 @@ from joblib import Parallel, delayed, effective_n_jobs
 
 from .inference.base import BudgetExhausted
 from .losses import compute_loss
+from .readout import apply_readout, fit_readout, identity_readout
 
 __all__ = ["PromptProblem"]
 
@@ -39,10 +54,14 @@ class PromptProblem:
     n_jobs : int or None
         Concurrent backend requests (for remote or function backends).
     progress : tqdm-like or None
+    calibration : {None, "bias", "affine"}
+        Read-out fitted per candidate on its training scores (score problems only).
+    calibration_l2 : float
+        L2 pull of the read-out toward the identity (see :func:`~skprompt.readout.fit_readout`).
     """
 
     def __init__(self, backend, projection, classes, splits, loss_name, labels_only, budget=None,
-                 n_jobs=None, progress=None):
+                 n_jobs=None, progress=None, calibration=None, calibration_l2=None):
         self.backend = backend
         self.projection = projection
         self.classes = list(classes)
@@ -52,9 +71,16 @@ class PromptProblem:
         self.budget = budget
         self.n_jobs = n_jobs
         self.progress = progress
+        self.calibration = calibration
+        self.calibration_l2 = calibration_l2
+        if calibration is not None and labels_only:
+            raise ValueError("calibration needs class scores; this problem has labels only.")
         self.queries = 0
         self.requests = 0
+        self.reserved = 0
         self._lock = threading.Lock()
+        self._known = {}  # (split, candidate bytes) -> raw outputs of that candidate
+        self._readouts = {}  # candidate bytes -> (offsets, scale)
 
     # -- protocol ---------------------------------------------------------
     @property
@@ -67,7 +93,8 @@ class PromptProblem:
 
     @property
     def remaining(self):
-        return math.inf if self.budget is None else self.budget - self.queries
+        """Queries left for the learner: the budget less what was asked and what is reserved."""
+        return math.inf if self.budget is None else self.budget - self.queries - self.reserved
 
     def has_split(self, split):
         return split in self.splits and len(self.splits[split][0]) > 0
@@ -78,10 +105,7 @@ class PromptProblem:
     def y(self, split):
         return self.splits[split][1]
 
-    def outputs(self, Z, split="train"):
-        Z = np.atleast_2d(np.asarray(Z, dtype=np.float64))
-        texts = self.splits[split][0]
-        cost = Z.shape[0] * len(texts)
+    def _charge(self, cost):
         with self._lock:
             if cost > self.remaining:
                 raise BudgetExhausted(
@@ -89,10 +113,77 @@ class PromptProblem:
                 )
             self.queries += cost
             self.requests += 1
-        return self.query(self.projection(Z), texts)
 
-    def loss(self, Z, split="train"):
-        return compute_loss(self.loss_name, self.outputs(Z, split), self.y(split))
+    def _raw(self, Z, split):
+        """Query the raw outputs of ``Z`` on ``split`` (budget checked), and remember them."""
+        texts = self.splits[split][0]
+        self._charge(Z.shape[0] * len(texts))
+        out = self.query(self.projection(Z), texts)
+        for z, row in zip(Z, out):
+            self._known[(split, z.tobytes())] = row
+        return out
+
+    def _readout(self, Z, train_outputs=None):
+        """Offsets and scales of ``Z``'s read-outs, fitted on their training scores.
+
+        ``train_outputs``: the raw training outputs of ``Z`` if just queried;
+        otherwise remembered ones are used and the rest are queried (counted).
+        """
+        if self.calibration is None:
+            return identity_readout(len(Z), self.n_classes)
+        keys = [z.tobytes() for z in Z]
+        missing = [i for i, k in enumerate(keys) if k not in self._readouts]
+        if missing:
+            raw = train_outputs[missing] if train_outputs is not None else self.known_outputs(Z[missing], "train")
+            offsets, scales = fit_readout(raw, self.y("train"), self.calibration, **self._l2())
+            for j, i in enumerate(missing):
+                self._readouts[keys[i]] = (offsets[j], scales[j])
+        offsets = np.stack([self._readouts[k][0] for k in keys])
+        scales = np.array([self._readouts[k][1] for k in keys])
+        return offsets, scales
+
+    def _l2(self):
+        return {} if self.calibration_l2 is None else {"l2": self.calibration_l2}
+
+    def readouts(self, Z):
+        """Read-outs ``(offsets, scales)`` of the candidates ``Z``: offsets
+        ``(n, n_classes)`` (0 without ``calibration``), scales ``(n,)`` (1
+        unless ``"affine"``). Training scores never asked for are queried."""
+        Z = np.atleast_2d(np.asarray(Z, dtype=np.float64))
+        return self._readout(Z)
+
+    def outputs(self, Z, split="train"):
+        """Outputs of ``Z`` on ``split``: calibrated log-probabilities, raw
+        log-probabilities or labels. One request (two for validation outputs
+        of candidates whose read-out needs training scores never asked for);
+        the whole cost is checked against the budget before any query."""
+        Z = np.atleast_2d(np.asarray(Z, dtype=np.float64))
+        if self.calibration is None:
+            return self._raw(Z, split)
+        if split == "train":
+            raw = self._raw(Z, split)
+            return apply_readout(raw, *self._readout(Z, raw))
+        need = sum(z.tobytes() not in self._readouts for z in Z)
+        cost = len(Z) * self.n_texts(split) + need * self.n_texts("train")
+        if cost > self.remaining:
+            raise BudgetExhausted(f"{cost} queries requested with {self.remaining} left of budget={self.budget}.")
+        readout = self._readout(Z)
+        return apply_readout(self._raw(Z, split), *readout)
+
+    def known_outputs(self, Z, split):
+        """Raw outputs of ``Z`` on ``split``, from what this fit already
+        asked; only the rest is queried (counted, budget checked)."""
+        Z = np.atleast_2d(np.asarray(Z, dtype=np.float64))
+        keys = [(split, z.tobytes()) for z in Z]
+        missing = [i for i, k in enumerate(keys) if k not in self._known]
+        if missing:
+            self._raw(Z[missing], split)
+        return np.stack([self._known[k] for k in keys])
+
+    def loss(self, Z, split="train", sample_weight=None):
+        """Mean loss of each candidate; ``sample_weight`` (``(n_texts,)`` or
+        ``(len(Z), n_texts)``) weights the texts."""
+        return compute_loss(self.loss_name, self.outputs(Z, split), self.y(split), sample_weight)
 
     def report(self, **info):
         if self.progress is not None:

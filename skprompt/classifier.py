@@ -28,6 +28,7 @@ from .inference.cmaes import CMAEnsembleLearner
 from .inference.vi import VariationalLearner
 from .losses import LOSSES, SCORE_LOSSES
 from .projection import RandomProjection
+from .readout import CALIBRATIONS, apply_readout
 from .uncertainty import decompose_uncertainty
 
 __all__ = ["BlackBoxPromptClassifier", "METHODS", "LABEL_METHODS"]
@@ -38,6 +39,11 @@ METHODS = ("zero-shot", "bbt", "ensemble", "vi", "abc-smc", "snpe")
 LABEL_METHODS = ("abc-smc", "snpe")
 #: Methods that need class scores from the backend.
 SCORE_METHODS = ("vi",)
+#: What ``calibration="auto"`` means for score-based predictions (chosen by
+#: measurement: docs/defaults.md, "Calibrated read-out").
+DEFAULT_CALIBRATION = "bias"
+#: Options of ``method_params`` for ``"bbt"`` / ``"ensemble"``.
+CMA_PARAMS = ("bootstrap",)
 
 
 class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator):
@@ -102,6 +108,22 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         Training loss of ``"bbt"``, ``"ensemble"`` and ``"vi"``. A label-only
         backend allows only ``"zero_one"``. The likelihood-free methods ignore
         it: their distance is the training error rate.
+    calibration : {"auto", "bias", "affine"} or None, default="auto"
+        A read-out learnt with the prompt (:mod:`skprompt.readout`): every
+        candidate prompt's class scores get per-class offsets (``"bias"``),
+        or offsets and a temperature (``"affine"``), fitted on that
+        candidate's own training scores by a small L2-penalised logistic fit
+        that makes no query; the search then ranks prompts by their
+        *calibrated* loss, and every kept prompt keeps its read-out
+        (``offsets_``, ``scales_``), applied by ``predict_proba`` and
+        ``predict_uncertainty``. It removes the label words' prior bias, which
+        a prompt search otherwise spends its queries on. With
+        ``method="zero-shot"`` the read-out is fitted on all the fit texts
+        (one query per text: contextual calibration). ``"auto"``: the
+        measured default (``DEFAULT_CALIBRATION``) for score-based
+        predictions, ``None`` for vote-based ones. Needs class scores: an
+        explicit value with a likelihood-free method or a label-only backend
+        is an error. ``None``: the raw scores.
     validation_fraction : float in (0, 1) or None, default=0.25
         Share of the fit data held out (stratified) to select each run's
         kept prompt by validation loss, as the paper selects by dev
@@ -115,7 +137,10 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         :class:`~skprompt.exceptions.BudgetWarning`.
     method_params : dict or None, default=None
         Method-specific options, validated in ``fit`` (unknown keys are an
-        error). ``"vi"``: ``n_mc``, ``kl_weight``, ``prior_variance``,
+        error). ``"bbt"``/``"ensemble"``: ``bootstrap`` (bool, default
+        False: each member's training loss weights the texts by its own
+        Bayesian-bootstrap draw, for diversity at no extra query; see
+        :class:`~skprompt.inference.cmaes.CMAEnsembleLearner`). ``"vi"``: ``n_mc``, ``kl_weight``, ``prior_variance``,
         ``init_log_var``, ``min_variance``, ``n_val_draws`` (see
         :class:`~skprompt.inference.vi.VariationalLearner`). ``"abc-smc"``:
         ``move``, ``prior_variance``, ``max_rounds``, ``quantile``,
@@ -128,12 +153,15 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         How vote-based predictions (likelihood-free methods, label-only
         backends) turn votes into probabilities without exact zeros, so that
         log loss stays finite. ``"error"``: each kept prompt's vote is read
-        through a noisy channel with that prompt's own error rate on the fit
-        data, Laplace-smoothed (``(errors + 1) / (n + 2)``): a unanimous vote
-        of prompts that err 20% of the time gives about 0.8, not 1. This
-        costs ``n_samples x n_fit_texts`` queries at the end of ``fit``
-        (counted in ``n_queries_``; if ``budget`` cannot pay them, a
-        pseudo-count of 1 is used instead). A float: a symmetric Dirichlet
+        through a noisy channel with that prompt's own error rate on the
+        *validation* texts, which did not select it (its training error is
+        optimistic: the search chose it for that), Laplace-smoothed
+        (``(errors + 1) / (n_val + 2)``): a unanimous vote of prompts that err
+        20% of the time gives about 0.8, not 1. It costs no query: every
+        learner validates the prompts it keeps, and the fit remembers those
+        answers. Without a validation split (``validation_fraction=None``, or
+        too few texts per class) a pseudo-count of 1 is used instead, with a
+        warning. A float: a symmetric Dirichlet
         pseudo-count added to every class of the weighted vote histogram, in
         units of one prompt's vote; ``0`` gives the raw vote shares.
     n_jobs : int or None, default=None
@@ -174,7 +202,14 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         label-only backend).
     vote_error_rates_ : ndarray of shape (n_samples,) or None
         With ``vote_smoothing="error"`` and vote-based predictions: the
-        smoothed error rate of each kept prompt on the fit data.
+        smoothed error rate of each kept prompt on the validation texts.
+    calibration_ : {"bias", "affine"} or None
+        The read-out in use (``calibration`` resolved).
+    offsets_ : ndarray of shape (n_samples, n_classes) or None
+        Each kept prompt's per-class offsets (``None`` without read-out).
+    scales_ : ndarray of shape (n_samples,) or None
+        Each kept prompt's score scale, the inverse of its temperature (1
+        for ``"bias"``; ``None`` without read-out).
     budget_exhausted_ : bool
         Whether ``fit`` stopped on ``budget``.
     fit_info_ : dict
@@ -233,6 +268,7 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         max_iter=15,
         sigma0=0.1,
         loss="ce",
+        calibration="auto",
         validation_fraction=0.25,
         budget=None,
         method_params=None,
@@ -250,6 +286,7 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         self.max_iter = max_iter
         self.sigma0 = sigma0
         self.loss = loss
+        self.calibration = calibration
         self.validation_fraction = validation_fraction
         self.budget = budget
         self.method_params = method_params
@@ -276,6 +313,10 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         check_param("max_iter", self.max_iter, "int", low=1)
         check_param("sigma0", self.sigma0, "real", low=0, low_inclusive=False)
         check_param("loss", self.loss, None, options=sorted(LOSSES))
+        if self.calibration is not None and self.calibration not in ("auto",) + CALIBRATIONS:
+            raise ValueError(
+                f"calibration must be one of {['auto', *CALIBRATIONS, None]}; got {self.calibration!r}."
+            )
         check_param("validation_fraction", self.validation_fraction, "real", low=0, high=1,
                     low_inclusive=False, allow_none=True)
         if self.validation_fraction is not None and self.validation_fraction >= 1:
@@ -310,9 +351,29 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         params = dict(self.method_params or {})
         if self.method in ("vi", "abc-smc", "snpe"):
             params.setdefault("prior_variance", float(self.sigma0) ** 2)
+        elif self.method in ("bbt", "ensemble"):
+            unknown = sorted(set(params) - set(CMA_PARAMS), key=str)
+            if unknown:
+                raise ValueError(f"method_params has unknown key(s) {unknown} for method={self.method!r}; "
+                                 f"expected keys among {list(CMA_PARAMS)}.")
+            if not isinstance(params.get("bootstrap", False), (bool, np.bool_)):
+                raise ValueError(f"method_params['bootstrap'] must be a bool; got {params['bootstrap']!r}.")
         elif params:
             raise ValueError(f"method_params must be empty for method={self.method!r}; got keys {sorted(params)}.")
         return params
+
+    def _resolve_calibration(self, labels_only, backend):
+        """The read-out to fit: None, "bias" or "affine" (errors before any query)."""
+        if self.calibration == "auto":
+            return None if labels_only else DEFAULT_CALIBRATION
+        if self.calibration is not None and labels_only:
+            why = (f"{backend!r} is label-only" if backend.labels_only
+                   else f"method={self.method!r} uses predicted labels only")
+            raise ValueError(
+                f"calibration={self.calibration!r} fits offsets to class scores, but {why}; "
+                "use calibration=None or 'auto'."
+            )
+        return self.calibration
 
     def _make_learner(self):
         """The learner for ``method``; its options are validated here, before any query."""
@@ -325,9 +386,10 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
             from .inference.snpe import SNPELearner
 
             return SNPELearner.from_params(self.n_prompts, self._method_params())
-        self._method_params()
+        params = self._method_params()
         n_members = self.n_prompts if self.method == "ensemble" else 1
-        return CMAEnsembleLearner(n_members, self.popsize, self.max_iter, self.sigma0)
+        return CMAEnsembleLearner(n_members, self.popsize, self.max_iter, self.sigma0,
+                                  bootstrap=bool(params.get("bootstrap", False)))
 
     def _prompt_length(self, backend):
         if self.n_prompt_tokens is not None:
@@ -372,7 +434,14 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         labels_only = bool(backend.labels_only) or self.method in LABEL_METHODS
         loss = "zero_one" if self.method in LABEL_METHODS else self.loss
         zero_shot = self.method == "zero-shot"
-        learner = None if zero_shot else self._make_learner()
+        calibration = self._resolve_calibration(labels_only, backend)
+        learner = self._method_params() if zero_shot else self._make_learner()  # validates either way
+        learner = None if zero_shot else learner
+        if zero_shot and calibration is not None and self.budget is not None and self.budget < len(texts):
+            raise ValueError(
+                f"budget={self.budget} is below the {len(texts)} queries the zero-shot read-out needs "
+                f"(calibration={calibration!r} scores every fit text once); raise budget or set calibration=None."
+            )
         backend.check_classes(list(classes))
 
         rng = check_random_state(self.random_state)
@@ -384,10 +453,13 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         projection = RandomProjection(n_tokens, backend.embedding_dim, dim,
                                       embedding_mean=mean if init is None else init,
                                       embedding_std=std, random_state=rng)
-        splits = validation_split(texts, y_idx, self.validation_fraction, rng)
+        if zero_shot:  # nothing is selected: a read-out learns from every text
+            splits = {"train": (texts, y_idx)}
+        else:
+            splits = validation_split(texts, y_idx, self.validation_fraction, rng)
 
         problem = PromptProblem(backend, projection, classes, splits, loss, labels_only,
-                                budget=self.budget, n_jobs=self.n_jobs)
+                                budget=self.budget, n_jobs=self.n_jobs, calibration=calibration)
         if zero_shot:
             samples, weights = np.zeros((1, 0)), np.ones(1)
             history, n_iter, exhausted = np.empty((0, 1)), 0, False
@@ -401,23 +473,40 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
                     "popsize / n_prompts (or the method_params that set the cost of one iteration)."
                 )
             steps = self._n_steps(learner, self.max_iter)
+            # VI's kept prompts are fresh draws from q: their read-outs need their training
+            # scores, reserved so that a spent budget cannot leave them without one.
+            if calibration is not None and self.method == "vi":
+                problem.reserved = self.n_prompts * problem.n_texts("train")
             with tqdm(total=steps, desc=f"skprompt {self.method}", disable=not self.verbose,
                       leave=False) as bar:
                 problem.progress = bar
                 result = learner.fit(problem, rng)
                 problem.progress = None
+            problem.reserved = 0
             samples, weights, history = result.samples, result.weights, result.history
             n_iter, exhausted = result.n_iter, result.budget_exhausted
             fit_info = dict(result.info)
             for category, message in result.warnings:
                 warnings.warn(message, category, stacklevel=2)
+        offsets = scales = None
+        if calibration is not None:
+            offsets, scales = problem.readouts(samples)
         error_rates = None
+        fallback = False
         if labels_only and self.vote_smoothing == "error":
             error_rates = self._vote_error_rates(problem, samples)
-            exhausted = exhausted or error_rates is None
+            fallback = error_rates is None
+            if fallback and not problem.has_split("val"):
+                warnings.warn(
+                    "vote_smoothing='error' reads each prompt's error rate on validation texts, and this fit "
+                    "has none (validation_fraction=None, or too few texts per class); votes are smoothed by "
+                    "a pseudo-count of 1 instead.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            exhausted = exhausted or (fallback and problem.has_split("val"))
         n_queries = problem.queries
         if exhausted:
-            fallback = labels_only and error_rates is None and self.vote_smoothing == "error"
             warnings.warn(
                 f"budget={self.budget} reached after {n_iter} iteration(s) and {n_queries} queries; "
                 "keeping the best prompts found so far"
@@ -439,21 +528,24 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         self.budget_exhausted_ = bool(exhausted)
         self.labels_only_ = labels_only
         self.vote_error_rates_ = error_rates
+        self.calibration_ = calibration
+        self.offsets_ = offsets
+        self.scales_ = scales
         return self
 
     @staticmethod
     def _vote_error_rates(problem, samples):
-        """Laplace-smoothed error rate of each prompt on the fit data, or None past the budget."""
-        errors, n = 0, 0
+        """Laplace-smoothed error rate of each prompt on the validation texts, or None
+        (no validation split, or answers never asked for that the budget cannot pay)."""
+        if not problem.has_split("val"):
+            return None
         try:
-            for split in ("train", "val"):
-                if problem.has_split(split):
-                    labels = problem.outputs(samples, split)
-                    errors = errors + (labels != problem.y(split)[None, :]).sum(axis=1)
-                    n += problem.n_texts(split)
+            outputs = problem.known_outputs(samples, "val")
         except BudgetExhausted:
             return None
-        return (errors + 1.0) / (n + 2.0)
+        labels = outputs.argmax(axis=2) if outputs.ndim == 3 else outputs
+        errors = (labels != problem.y("val")[None, :]).sum(axis=1)
+        return (errors + 1.0) / (problem.n_texts("val") + 2.0)
 
     # --------------------------------------------------------------- predict
     def _outputs(self, X):
@@ -461,7 +553,10 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         texts = check_texts(X)
         problem = PromptProblem(self.backend_, self.projection_, self.classes_, {}, "zero_one",
                                 self.labels_only_, n_jobs=self.n_jobs)
-        return problem.query(self.prompt_embeddings_, texts)
+        outputs = problem.query(self.prompt_embeddings_, texts)
+        if self.offsets_ is not None:
+            outputs = apply_readout(outputs, self.offsets_, self.scales_)
+        return outputs
 
     def predict_proba(self, X):
         """Class probabilities averaged over the prompt samples.

@@ -72,7 +72,7 @@ def test_fit_predict_shapes_and_probabilities(toy):
 
 def test_tuning_beats_untuned_model(toy):
     backend, X, y, _ = toy
-    zero = make_clf(backend, method="zero-shot").fit(X, y)
+    zero = make_clf(backend, method="zero-shot", calibration=None).fit(X, y)
     tuned = make_clf(backend, max_iter=25).fit(X, y)
     assert zero.n_queries_ == 0
     assert tuned.score(X, y) > zero.score(X, y) + 0.2
@@ -246,9 +246,9 @@ def test_ensemble_members_share_one_backend_call_per_generation():
     backend.clear_cache()
     model.calls.clear()
     clf = make_clf(backend, n_prompts=3, popsize=6, max_iter=4, validation_fraction=None).fit(X, y)
-    # one request per generation carries every member's whole population
-    assert model.calls == [(3 * 6, len(X))] * clf.n_iter_
-    assert clf.n_queries_ == clf.n_iter_ * 3 * 6 * len(X)
+    # the start z = 0 once, then one request per generation carries every member's whole population
+    assert model.calls == [(1, len(X))] + [(3 * 6, len(X))] * clf.n_iter_
+    assert clf.n_queries_ == (1 + clf.n_iter_ * 3 * 6) * len(X)
 
 
 def test_budget_stops_cleanly_and_warns(toy):

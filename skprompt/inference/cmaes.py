@@ -9,11 +9,21 @@ which the backend batches within its memory bound).
 Model selection, as in the paper: after every generation, each member's best
 training candidate of that generation is scored on the validation split, and
 the member keeps the candidate with the lowest validation loss (ties broken by
-the training loss). The starting point ``z = 0`` is scored on the validation
-split first (once, shared by all members), so a run keeps a tuned prompt only
-if it validates better than the prompt it started from -- with
-``prompt_position="tail"`` that is the zero-shot template itself. Without a
-validation split the member keeps its lowest training loss.
+the training loss). The starting point ``z = 0`` is scored first (once, shared
+by all members; on the validation split, or on the training split without
+one), so a run keeps a tuned prompt only if it is *strictly* better than the
+prompt it started from -- with ``prompt_position="tail"`` that is the
+zero-shot template itself. A tie keeps the start: with a zero-one loss on a
+few validation texts ties are common, and a tuned prompt that is no better
+is only a noisier one. Without a validation split the member keeps its
+lowest training loss.
+
+Diversity (``bootstrap=True``): each member's training loss weights the
+training texts by its own Bayesian-bootstrap draw (Dirichlet(1, ..., 1)
+weights, Rubin 1981), so the members fit different, equally plausible
+versions of the data at no extra query -- the members' spread then reflects
+how much the few labelled texts pin the prompt down. Validation is
+unweighted.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import cma
 import numpy as np
 from sklearn.utils import check_random_state
 
+from ..losses import compute_loss
 from .base import BudgetExhausted, Learner, LearnerResult, request_cost
 
 __all__ = ["CMAEnsembleLearner", "make_cma", "seeded_generator"]
@@ -71,15 +82,19 @@ class CMAEnsembleLearner(Learner):
         Generations per run.
     sigma0 : float
         Initial CMA-ES step size (x0 = 0).
+    bootstrap : bool, default=False
+        Give each member its own Bayesian-bootstrap weights over the
+        training texts (see the module docstring).
     """
 
     needs_scores = False  # the loss may be zero_one, which labels allow
 
-    def __init__(self, n_members, popsize, max_iter, sigma0):
+    def __init__(self, n_members, popsize, max_iter, sigma0, bootstrap=False):
         self.n_members = n_members
         self.popsize = popsize
         self.max_iter = max_iter
         self.sigma0 = sigma0
+        self.bootstrap = bootstrap
 
     def _iteration_cost(self, problem, n_active):
         cost = request_cost(problem, n_active * self.popsize, "train")
@@ -88,7 +103,7 @@ class CMAEnsembleLearner(Learner):
         return cost
 
     def minimum_budget(self, problem):
-        start = request_cost(problem, 1, "val") if problem.has_split("val") else 0
+        start = request_cost(problem, 1, "val" if problem.has_split("val") else "train")
         return start + self._iteration_cost(problem, self.n_members)
 
     def fit(self, problem, random_state):
@@ -99,18 +114,27 @@ class CMAEnsembleLearner(Learner):
             for _ in range(self.n_members)
         ]
         use_val = problem.has_split("val")
-        best_key = [(np.inf, np.inf)] * self.n_members  # (val loss, train loss)
+        n_train = problem.n_texts("train")
+        if self.bootstrap:
+            boot = rs.dirichlet(np.ones(n_train), size=self.n_members) * n_train
+        else:
+            boot = np.ones((self.n_members, n_train))
+        # The start z = 0, scored once for every member (on the training split with each
+        # member's own text weights when there is no validation split). It is kept on ties:
+        # its key's second entry, -inf, wins every tie of the first.
+        start_split = "val" if use_val else "train"
+        try:
+            out = problem.outputs(np.zeros((1, dim)), start_split)
+            start_loss = compute_loss(problem.loss_name, np.repeat(out, self.n_members, axis=0),
+                                      problem.y(start_split), None if use_val else boot)
+        except BudgetExhausted:
+            start_loss = np.full(self.n_members, np.inf)
+        best_key = [(float(v), -np.inf) for v in start_loss]  # (selection loss, train loss)
         best_z = [np.zeros(dim) for _ in range(self.n_members)]
         best_train = np.full(self.n_members, np.inf)
         history = []
         exhausted = False
         n_iter = 0
-        if use_val:
-            try:
-                start_val = float(problem.loss(np.zeros((1, dim)), "val")[0])
-            except BudgetExhausted:
-                start_val = np.inf
-            best_key = [(start_val, np.inf)] * self.n_members
         for _ in range(self.max_iter):
             active = [k for k, es in enumerate(members) if not es.stop()]
             if not active:
@@ -120,7 +144,8 @@ class CMAEnsembleLearner(Learner):
                 break
             candidates = [np.asarray(members[k].ask()) for k in active]
             try:
-                losses = problem.loss(np.vstack(candidates), "train")
+                weights = np.repeat(boot[active], self.popsize, axis=0)
+                losses = problem.loss(np.vstack(candidates), "train", sample_weight=weights)
             except BudgetExhausted:
                 exhausted = True
                 break
@@ -154,5 +179,8 @@ class CMAEnsembleLearner(Learner):
         samples = np.vstack(best_z)
         weights = np.full(self.n_members, 1.0 / self.n_members)
         history = np.vstack(history) if history else np.empty((0, self.n_members))
-        info = {"selection_losses": [k[0] for k in best_key]}
+        info = {"selection_losses": [k[0] for k in best_key], "start_loss": float(start_loss[0]),
+                "kept_start": [not np.any(z) for z in best_z]}
+        if self.bootstrap:
+            info["bootstrap_weights"] = boot
         return LearnerResult(samples, weights, history, n_iter, exhausted, info)

@@ -1,0 +1,157 @@
+"""The calibrated read-out (skprompt/readout.py) and its use by the estimator.
+
+Known answers: the read-out fit is the optimum of its convex objective
+(checked against scipy), removes a constant label-word bias exactly, and,
+through the estimator, every kept prompt carries its own read-out into
+``predict_proba``. Also here: a tuned prompt that is no better than the
+start is not kept (ties keep the start), at the estimator's defaults.
+"""
+
+import numpy as np
+import pytest
+from scipy.optimize import minimize
+
+from skprompt import BlackBoxPromptClassifier
+from skprompt.backends import FunctionBackend
+from skprompt.readout import apply_readout, fit_readout
+
+from toy_tasks import LinearToyModel, make_toy_task
+
+
+def _scores(rng, n, N, C, bias):
+    y = rng.integers(0, C, N)
+    s = rng.normal(size=(n, N, C))
+    s[:, np.arange(N), y] += 1.5
+    s += bias
+    return s - np.log(np.exp(s).sum(-1, keepdims=True)), y
+
+
+@pytest.mark.parametrize("kind", ["bias", "affine"])
+def test_fit_is_the_optimum_of_the_penalised_log_loss(kind):
+    rng = np.random.default_rng(0)
+    for C in (2, 5):
+        s, y = _scores(rng, 6, 40, C, rng.normal(size=C) * 2)
+        b, a = fit_readout(s, y, kind, l2=0.01)
+        prior = np.r_[np.zeros(C), 1.0] if kind == "affine" else np.zeros(C)
+
+        def obj(th, k):
+            logits = (th[C] if kind == "affine" else 1.0) * s[k] + th[:C]
+            lp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+            return -lp[np.arange(len(y)), y].mean() + 0.005 * np.sum((th - prior) ** 2)
+
+        for k in range(len(s)):
+            ref = minimize(obj, prior, args=(k,), method="BFGS", options={"gtol": 1e-10})
+            mine = np.r_[b[k], a[k]] if kind == "affine" else b[k]
+            assert obj(mine, k) <= ref.fun + 1e-9
+            np.testing.assert_allclose(mine, ref.x, atol=1e-4)
+        if kind == "bias":
+            np.testing.assert_array_equal(a, 1.0)
+
+
+def test_a_constant_label_word_bias_is_removed():
+    # every text says class 0 with odds 9:1, labels balanced: the read-out gives 1/2
+    s = np.log(np.tile([[0.9, 0.1]], (10, 1)))[None]
+    y = np.array([0, 1] * 5)
+    b, a = fit_readout(s, y, "bias", l2=1e-8)
+    np.testing.assert_allclose(np.exp(apply_readout(s, b, a)), 0.5, atol=1e-5)
+    assert b[0, 1] - b[0, 0] == pytest.approx(np.log(9.0), abs=1e-4)
+
+
+def test_text_weights_change_the_fit_as_duplicated_texts_would():
+    rng = np.random.default_rng(1)
+    s, y = _scores(rng, 3, 12, 3, 0.0)
+    w = rng.integers(1, 4, size=12)
+    b_w, a_w = fit_readout(s, y, "affine", sample_weight=w)
+    idx = np.repeat(np.arange(12), w)
+    b_d, a_d = fit_readout(s[:, idx], y[idx], "affine")
+    np.testing.assert_allclose(b_w, b_d, atol=1e-7)
+    np.testing.assert_allclose(a_w, a_d, atol=1e-7)
+
+
+class BiasedToyModel(LinearToyModel):
+    """The linear toy whose label words carry a prior bias no small prompt removes."""
+
+    def __init__(self, bias, **kw):
+        super().__init__(**kw)
+        self.bias = np.asarray(bias, dtype=float)
+
+    def __call__(self, prompts, texts):
+        return super().__call__(prompts, texts) + self.bias
+
+
+def biased_task(n_texts=200, seed=3):
+    backend, X, y, model = make_toy_task(n_texts=n_texts, seed=seed)
+    biased = BiasedToyModel([6.0, 0.0])
+    return FunctionBackend(biased, embedding_dim=biased.embedding_dim), X, y
+
+
+def test_zero_shot_read_out_costs_one_query_per_text_and_removes_the_bias():
+    backend, X, y = biased_task()
+    raw = BlackBoxPromptClassifier(backend, method="zero-shot", calibration=None).fit(X[:40], y[:40])
+    cal = BlackBoxPromptClassifier(backend, method="zero-shot").fit(X[:40], y[:40])  # "auto"
+    assert raw.n_queries_ == 0 and cal.n_queries_ == 40
+    assert cal.calibration_ == "bias" and cal.offsets_.shape == (1, 2)
+    # the model without a prompt answers class 0 for every text: the read-out undoes that
+    assert raw.predict_proba(X[40:])[:, 0].min() > 0.99
+    p = cal.predict_proba(X[40:])
+    assert abs(p[:, 0].mean() - np.mean(y[40:] == cal.classes_[0])) < 0.15
+
+
+@pytest.mark.parametrize("method", ["bbt", "ensemble", "vi"])
+def test_every_kept_prompt_carries_its_read_out_into_predict_proba(method):
+    backend, X, y = biased_task()
+    clf = BlackBoxPromptClassifier(backend, method=method, calibration="affine", n_prompt_tokens=1,
+                                   random_state=0, budget=6000).fit(X[:40], y[:40])
+    k = len(clf.samples_)
+    assert clf.offsets_.shape == (k, 2) and clf.scales_.shape == (k,)
+    assert clf.n_queries_ <= 6000
+    raw = backend.score(clf.prompt_embeddings_, X[40:], list(clf.classes_))
+    manual = np.exp(apply_readout(raw, clf.offsets_, clf.scales_))
+    np.testing.assert_allclose(clf.predict_proba(X[40:]), clf.weights_ @ manual.transpose(1, 0, 2), atol=1e-10)
+    # the read-out of each kept prompt is the one fitted on its own training scores
+    np.testing.assert_allclose(np.abs(np.diff(clf.offsets_, axis=1)).ravel(), 6.0, atol=3.0)
+
+
+def test_calibrated_search_beats_the_uncalibrated_one_on_a_biased_model():
+    """At the estimator's defaults (dim 50, popsize 8, 15 generations, 4 members),
+    over 3 seeds: the label-word bias of 6 nats leaves the raw search near the
+    majority class, the calibrated one learns the task."""
+    backend, X, y = biased_task(n_texts=300)
+    acc = {None: [], "bias": []}
+    for seed in range(3):
+        for cal in acc:
+            clf = BlackBoxPromptClassifier(backend, calibration=cal, n_prompt_tokens=1, random_state=seed)
+            acc[cal].append(clf.fit(X[:48], y[:48]).score(X[48:], y[48:]))
+    assert np.mean(acc["bias"]) > np.mean(acc[None]) + 0.1, acc
+
+
+@pytest.mark.parametrize("loss", ["ce", "zero_one"])
+@pytest.mark.parametrize("validation_fraction", [0.25, None])
+def test_a_flat_objective_keeps_the_start(loss, validation_fraction):
+    """Every prompt gives the same scores: no tuned prompt is better than z = 0,
+    so every member keeps z = 0 (estimator defaults otherwise)."""
+
+    def flat(prompts, texts):
+        return np.zeros((len(prompts), len(texts), 2)) + np.array([0.3, 0.0])
+
+    X = [f"t{i}" for i in range(24)]
+    y = ["a", "b"] * 12
+    clf = BlackBoxPromptClassifier(FunctionBackend(flat, embedding_dim=8), loss=loss, calibration=None,
+                                   validation_fraction=validation_fraction, random_state=0).fit(X, y)
+    np.testing.assert_array_equal(clf.samples_, 0.0)
+    assert clf.fit_info_["kept_start"] == [True] * 4
+
+
+def test_bootstrap_members_fit_their_own_weights_of_the_texts():
+    backend, X, y = biased_task()
+    kw = dict(n_prompt_tokens=1, random_state=0, max_iter=5)
+    clf = BlackBoxPromptClassifier(backend, method_params={"bootstrap": True}, **kw).fit(X[:40], y[:40])
+    w = clf.fit_info_["bootstrap_weights"]
+    assert w.shape == (4, 30)  # 4 members, 30 training texts after the 25% validation split
+    np.testing.assert_allclose(w.mean(axis=1), 1.0)
+    assert np.ptp(w, axis=0).min() > 0  # every text weighs differently in different members
+    plain = BlackBoxPromptClassifier(backend, **kw).fit(X[:40], y[:40])
+    assert "bootstrap_weights" not in plain.fit_info_
+    assert not np.allclose(clf.samples_, plain.samples_)
+    again = BlackBoxPromptClassifier(backend, method_params={"bootstrap": True}, **kw).fit(X[:40], y[:40])
+    np.testing.assert_array_equal(again.predict_proba(X[40:]), clf.predict_proba(X[40:]))
