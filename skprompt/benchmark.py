@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["BenchConfig", "SIZES", "OOD_SOURCES", "METHOD_NAMES", "run_benchmark", "make_estimator", "fit_budget"]
+__all__ = ["BenchConfig", "SIZES", "OOD_SOURCES", "METHOD_NAMES", "CURVE_METHODS", "run_benchmark",
+           "run_learning_curves", "make_estimator", "fit_budget"]
 
 #: Texts of these tasks are the OOD inputs of each task.
 OOD_SOURCES = {
@@ -303,3 +304,134 @@ def _plot_reliability(records, config, out_dir):
         fig.savefig(out_dir / f"reliability_{task}.png", dpi=100)
         plt.close(fig)
 
+
+
+#: Methods of the learning curves: what the query budget buys.
+CURVE_METHODS = ("bbt", "ensemble", "vi", "gradient")
+
+
+def run_learning_curves(out_dir, *, tasks=("rotten_tomatoes", "bbc_news"), methods=CURVE_METHODS,
+                        seeds=(0, 1, 2), multipliers=(1, 3, 10), k=16, n_test=300, backend_factory=None,
+                        progress=True, plots=True):
+    """Accuracy, ECE and NLL against the fit's query budget.
+
+    Each method runs at its defaults with ``max_iter`` multiplied by each of
+    ``multipliers`` (1 = the estimator's default, so ``10`` is ten times the
+    default budget; the white-box reference gets the same multiple of its
+    Adam steps), on ``k`` fit plus ``k`` validation texts per class and
+    ``n_test`` test texts. Every run is written to its own JSON file as soon
+    as it is done (an interrupted run resumes); then ``curves.md`` (mean ±
+    std over seeds, the spent queries included) and ``curves_<task>.png``.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+    tasks, methods, seeds, multipliers : sequences
+    k, n_test : int
+    backend_factory : callable or None
+        ``backend_factory(task) -> PromptBackend``; default: the bundled model
+        with the task's template and label words.
+    progress, plots : bool
+
+    Returns
+    -------
+    list of dict
+        One record per (task, method, multiplier, seed).
+    """
+    from tqdm.auto import tqdm
+
+    from .datasets import few_shot_split, load_task
+    from .evaluation import mean_std_table, prediction_metrics
+
+    unknown = sorted(set(methods) - set(CURVE_METHODS))
+    if unknown:
+        raise ValueError(f"methods: unknown {unknown}; expected some of {list(CURVE_METHODS)}.")
+    bad_tasks = sorted(set(tasks) - set(OOD_SOURCES))
+    if bad_tasks:
+        raise ValueError(f"tasks: unknown {bad_tasks}; expected some of {list(OOD_SOURCES)}.")
+    if not multipliers or not all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in multipliers):
+        raise ValueError(f"multipliers: expected positive ints; got {multipliers!r}.")
+    if backend_factory is None:
+        from .models import default_backend
+
+        def backend_factory(task):
+            return default_backend(template=task.template, verbalizer=task.verbalizer)
+
+    out_dir = Path(out_dir)
+    (out_dir / "runs").mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha1(json.dumps({"k": k, "n_test": n_test}).encode()).hexdigest()[:12]
+    records = []
+    jobs = [(t, s) for t in tasks for s in seeds]
+    bar = tqdm(total=len(jobs) * len(methods) * len(multipliers), desc="curves", unit="run", disable=not progress)
+    for task_name, seed in jobs:
+        task = load_task(task_name)
+        split = backend = None
+        for method in methods:
+            for mult in multipliers:
+                path = out_dir / "runs" / f"{task_name}__{method}__x{mult}__{seed}.json"
+                if path.exists() and json.loads(path.read_text()).get("config_key") == key:
+                    records.append(json.loads(path.read_text()))
+                    bar.update(1)
+                    continue
+                if split is None:
+                    split = few_shot_split(task.texts, task.target, n_per_class=k, n_val_per_class=k,
+                                           n_test=n_test, random_state=seed)
+                    backend = backend_factory(task)
+                estimator = make_estimator(method, backend, seed, None)
+                estimator.set_params(max_iter=estimator.get_params()["max_iter"] * mult)
+                X_fit = list(split.X_train) + list(split.X_val)
+                y_fit = np.concatenate([split.y_train, split.y_val])
+                start = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    estimator.fit(X_fit, y_fit)
+                fit_time = time.perf_counter() - start
+                proba = estimator.predict_proba(split.X_test)
+                record = {"task": task_name, "method": method, "multiplier": mult, "seed": seed,
+                          "config_key": key, "fit_queries": _fit_queries(estimator), "fit_time_s": fit_time}
+                record.update({m: v for m, v in prediction_metrics(split.y_test, proba, estimator.classes_).items()
+                               if isinstance(v, (int, float))})
+                _atomic_write_json(path, record)
+                records.append(record)
+                bar.update(1)
+                if progress:
+                    tqdm.write(f"{task_name:>15} {method:>9} x{mult:<3} seed {seed}: acc {record['accuracy']:.3f} "
+                               f"ECE {record['ece']:.3f} NLL {record['log_loss']:.3f} "
+                               f"({record['fit_queries']} queries, {fit_time:.0f} s)")
+    bar.close()
+    columns = [("accuracy", "acc"), ("ece", "ECE"), ("log_loss", "NLL"), ("fit_queries", "fit queries"),
+               ("fit_time_s", "fit s")]
+    records.sort(key=lambda r: (tasks.index(r["task"]), methods.index(r["method"]), r["multiplier"], r["seed"]))
+    (out_dir / "curves.md").write_text(mean_std_table(records, ["task", "method", "multiplier"], columns) + "\n")
+    if plots:
+        _plot_curves(records, tasks, methods, out_dir)
+    return records
+
+
+def _plot_curves(records, tasks, methods, out_dir):
+    """One figure per task: accuracy, ECE and NLL against fit queries, a line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for task in tasks:
+        fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+        for method in methods:
+            runs = [r for r in records if r["task"] == task and r["method"] == method]
+            mults = sorted({r["multiplier"] for r in runs})
+            if not mults:
+                continue
+            for ax, metric in zip(axes, ("accuracy", "ece", "log_loss")):
+                x = [np.mean([r["fit_queries"] or 0 for r in runs if r["multiplier"] == m]) for m in mults]
+                ys = [[r[metric] for r in runs if r["multiplier"] == m] for m in mults]
+                ax.errorbar(x, [np.mean(v) for v in ys], yerr=[np.std(v) for v in ys], marker="o",
+                            capsize=3, label=method)
+                ax.set_xscale("log")
+                ax.set_xlabel("fit queries ((prompt, text) pairs)")
+                ax.set_ylabel({"accuracy": "accuracy", "ece": "ECE (10 bins)", "log_loss": "NLL"}[metric])
+        axes[0].legend()
+        fig.suptitle(f"{task}: what the query budget buys (mean ± std over seeds)")
+        fig.tight_layout()
+        fig.savefig(out_dir / f"curves_{task}.png", dpi=100)
+        plt.close(fig)

@@ -1,4 +1,4 @@
-"""Command line: ``skprompt demo`` and ``skprompt bench``.
+"""Command line: ``skprompt demo``, ``skprompt bench`` and ``skprompt curves``.
 
 Uses the public API only.
 """
@@ -98,6 +98,21 @@ def _bench(args):
     return 0
 
 
+def _curves(args):
+    from .benchmark import run_learning_curves
+
+    out = args.out
+    print(f"skprompt curves: {args.tasks} x {args.methods} x budgets {args.multipliers} x the default, "
+          f"seeds {args.seeds} -> {out}")
+    start = time.perf_counter()
+    run_learning_curves(out, tasks=tuple(args.tasks), methods=tuple(args.methods), seeds=tuple(args.seeds),
+                        multipliers=tuple(args.multipliers), k=args.n_per_class, n_test=args.n_test,
+                        progress=not args.quiet, plots=not args.no_plots)
+    print((Path(out) / "curves.md").read_text())
+    print(f"done in {(time.perf_counter() - start) / 60:.1f} min")
+    return 0
+
+
 def _parser():
     parser = argparse.ArgumentParser(prog="skprompt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -127,6 +142,21 @@ def _parser():
     bench.add_argument("--no-plots", action="store_true", help="skip the reliability diagrams")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
     bench.set_defaults(func=_bench)
+
+    from .benchmark import CURVE_METHODS
+
+    curves = sub.add_parser("curves", help="learning curves: accuracy, ECE and NLL against the query budget")
+    curves.add_argument("--tasks", nargs="+", choices=list(OOD_SOURCES), default=["rotten_tomatoes", "bbc_news"])
+    curves.add_argument("--methods", nargs="+", choices=list(CURVE_METHODS), default=list(CURVE_METHODS))
+    curves.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    curves.add_argument("--multipliers", nargs="+", type=int, default=[1, 3, 10],
+                        help="budgets as multiples of each method's default generations (default: 1 3 10)")
+    curves.add_argument("--n-per-class", type=int, default=16, help="fit (and validation) texts per class")
+    curves.add_argument("--n-test", type=int, default=300, help="test texts (default: 300)")
+    curves.add_argument("--out", default="bench_results/curves", help="output folder; an existing one resumes")
+    curves.add_argument("--no-plots", action="store_true", help="skip the figures")
+    curves.add_argument("--quiet", action="store_true", help="no progress bars")
+    curves.set_defaults(func=_curves)
     return parser
 
 

@@ -34,7 +34,12 @@ class RandomProjection:
     embedding_std : float, default=1.0
         Standard deviation of the model's input embedding entries.
     sigma0 : float, default=1.0
-        Scale of z the matrix is normalised for (CMA-ES's initial step size).
+        Scale of z the matrix is normalised for: ``z ~ N(0, sigma0**2 I)``
+        maps to prompt entries with spread ``embedding_std``. The estimators
+        leave it at 1, so that ``z ~ N(0, I)`` gives perturbations with the
+        embeddings' own spread and their ``sigma0`` (CMA-ES's initial step
+        size, the prior scale of the Bayesian methods) is a perturbation in
+        units of that spread; the map itself never sees their ``sigma0``.
     random_state : int, RandomState instance or None, default=None
         Seeds A.
 

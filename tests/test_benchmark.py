@@ -96,3 +96,40 @@ def test_demo_command_prints_the_table(capsys):
 def test_cli_rejects_bad_sizes(capsys):
     assert cli.main(["demo", "--n-test", "0"]) == 2
     assert "must be positive" in capsys.readouterr().err
+
+
+def _toy_backend(task):
+    """A toy black box on the real texts: class scores from the prompt and word counts."""
+    from skprompt.backends import FunctionBackend
+
+    n = len(task.verbalizer)
+
+    def fn(prompts, texts):
+        feats = np.array([[len(t) % 7, t.count("e"), 1.0] for t in texts], dtype=float) / 10
+        w = prompts[:, 0, : 3 * n].reshape(len(prompts), n, 3) if prompts.shape[1] else np.zeros((len(prompts), n, 3))
+        return np.einsum("pcf,tf->ptc", w, feats)
+
+    return FunctionBackend(fn, embedding_dim=3 * n)
+
+
+def test_learning_curves_write_a_resumable_table_and_figure(tmp_path):
+    from skprompt.benchmark import run_learning_curves
+
+    kw = dict(tasks=("rotten_tomatoes",), methods=("bbt", "ensemble"), seeds=(0,), multipliers=(1, 2), k=4,
+              n_test=20, backend_factory=_toy_backend, progress=False)
+    records = run_learning_curves(tmp_path, **kw)
+    assert len(records) == 4 and len(list((tmp_path / "runs").glob("*.json"))) == 4
+    by = {(r["method"], r["multiplier"]): r for r in records}
+    for method in ("bbt", "ensemble"):  # twice the generations spend about twice the queries
+        assert 1.7 < by[(method, 2)]["fit_queries"] / by[(method, 1)]["fit_queries"] <= 2.0
+    table = (tmp_path / "curves.md").read_text()
+    assert "| rotten_tomatoes | ensemble | 2 |" in table
+    assert (tmp_path / "curves_rotten_tomatoes.png").stat().st_size > 0
+    # resuming reads the runs back instead of fitting again
+    calls = []
+    again = run_learning_curves(tmp_path, **{**kw, "backend_factory": lambda t: calls.append(t)})
+    assert calls == [] and [r["accuracy"] for r in again] == [r["accuracy"] for r in records]
+    with pytest.raises(ValueError, match="multipliers"):
+        run_learning_curves(tmp_path, **{**kw, "multipliers": (0,)})
+    with pytest.raises(ValueError, match="methods"):
+        run_learning_curves(tmp_path, **{**kw, "methods": ("snpe",)})
