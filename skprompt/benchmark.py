@@ -37,11 +37,15 @@ OOD_SOURCES = {
     "tweets": ("bbc_news",),
 }
 
-#: Methods compared, in table order. "calibrated-bbt" is CalibratedClassifierCV
+#: Methods compared, in table order. Every method runs at the estimator's
+#: defaults, so the score-based ones have the default calibrated read-out
+#: (``calibration="auto"``); "zero-shot-raw" is the untuned template without
+#: it (``calibration=None``). "calibrated-bbt" is CalibratedClassifierCV
 #: (sigmoid, cv=2) around "bbt": the classical recalibration baseline (each
 #: of its two inner fits gets half the budget);
 #: "gradient" is the white-box reference with full access to the model.
-METHOD_NAMES = ("zero-shot", "bbt", "calibrated-bbt", "ensemble", "vi", "abc-smc", "snpe", "gradient")
+METHOD_NAMES = ("zero-shot-raw", "zero-shot", "bbt", "calibrated-bbt", "ensemble", "vi", "abc-smc", "snpe",
+                "gradient")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +57,8 @@ class BenchConfig:
     with more classes have more fit texts (``2 k`` per class, train and
     validation), and one CMA-ES generation costs in proportion to them, so a
     per-text budget gives every task the same number of passes over its data.
+    ``model`` names the bundled model (:func:`skprompt.models.default_backend`;
+    ``None``: the default one).
     """
 
     tasks: tuple = ("rotten_tomatoes", "bbc_news", "tweets")
@@ -66,6 +72,7 @@ class BenchConfig:
     n_bins: int = 10
     estimator_params: dict = dataclasses.field(default_factory=dict)
     size: str = "custom"
+    model: str | None = None
 
     def key(self):
         """Hash of everything that changes a single run's result."""
@@ -79,7 +86,9 @@ class BenchConfig:
 #: minutes on 2 CPU cores: 8 fit and 8 validation texts per class, 30 queries
 #: per fit text (960 for Rotten Tomatoes, 1,440 for tweets, 2,400 for BBC
 #: News), CMA-ES populations of 4 so that the ensemble gets a few
-#: generations. "full" is the paper's scale: 16 + 16 texts per class, the
+#: generations. "standard" is 16 fit + 16 validation texts per class, 300 test
+#: texts and every estimator at its defaults (no budget: each method spends
+#: what its default generations or rounds cost). "full" is the paper's scale: 16 + 16 texts per class, the
 #: estimators' defaults, 150 queries per fit text, 1,000 test texts.
 SIZES = {
     "quick": dict(k=8, n_test=100, n_ood=50, budget=None, budget_per_text=30,
@@ -88,6 +97,7 @@ SIZES = {
                                     "vi": {"n_prompts": 4, "popsize": 4},
                                     "abc-smc": {"n_prompts": 6}, "snpe": {"n_prompts": 6},
                                     "gradient": {"max_iter": 8}}),
+    "standard": dict(k=16, n_test=300, n_ood=100, budget=None, budget_per_text=None, estimator_params={}),
     "full": dict(n_test=1000, n_ood=500, budget=None, budget_per_text=150, estimator_params={}),
 }
 
@@ -104,6 +114,9 @@ def make_estimator(method, backend, seed, budget, params=None):
     from .classifier import BlackBoxPromptClassifier
 
     params = dict(params or {})
+    if method == "zero-shot-raw":
+        return BlackBoxPromptClassifier(backend, method="zero-shot", calibration=None, random_state=seed,
+                                        budget=budget, **params)
     if method == "gradient":
         from .whitebox import GradientPromptClassifier
 
@@ -249,7 +262,7 @@ def run_benchmark(config, out_dir, *, progress=True, plots=True):
                 split = few_shot_split(task.texts, task.target, n_per_class=config.k,
                                        n_val_per_class=config.k, n_test=config.n_test, random_state=seed)
                 ood = {src: ood_texts(src, config.n_ood, random_state=seed) for src in OOD_SOURCES[task_name]}
-                backend = default_backend(template=task.template, verbalizer=task.verbalizer)
+                backend = default_backend(template=task.template, verbalizer=task.verbalizer, model=config.model)
             record = _run_one(config, task_name, method, seed, backend, split, ood)
             _atomic_write_json(path, record)
             records.append(record)

@@ -84,8 +84,10 @@ def _bench(args):
         fields["budget_per_text"] = None
     if args.budget_per_text is not None:
         fields["budget_per_text"] = args.budget_per_text if args.budget_per_text > 0 else None
+    if args.model is not None:
+        fields["model"] = args.model
     config = BenchConfig(size=size, **fields)
-    out = args.out or f"bench_results/{size}"
+    out = args.out or f"bench_results/{size}" + (f"_{args.model}" if args.model else "")
     print(f"skprompt bench ({size}): {len(config.tasks)} tasks x {len(config.methods)} methods x "
           f"{len(config.seeds)} seeds -> {out}")
     print("configuration: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items()
@@ -131,7 +133,10 @@ def _parser():
     bench = sub.add_parser("bench", help="reliability benchmark: 3 tasks x all methods x seeds, tables and plots")
     size = bench.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="the quick size (about 15 minutes on 2 cores)")
-    size.add_argument("--size", choices=["quick", "full"], default="full", help="preset size (default: full)")
+    size.add_argument("--size", choices=["quick", "standard", "full"], default="full",
+                      help="preset size (default: full)")
+    bench.add_argument("--model", choices=["smollm2-135m-instruct", "gemma-3-270m"],
+                       help="bundled model (default: smollm2-135m-instruct)")
     bench.add_argument("--tasks", nargs="+", choices=list(OOD_SOURCES), help="tasks (default: all three)")
     bench.add_argument("--methods", nargs="+", choices=list(METHOD_NAMES), help="methods (default: all)")
     bench.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 0 1 2)")
