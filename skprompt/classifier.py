@@ -41,7 +41,7 @@ LABEL_METHODS = ("abc-smc", "snpe")
 SCORE_METHODS = ("vi",)
 #: What ``calibration="auto"`` means for score-based predictions (chosen by
 #: measurement: docs/defaults.md, "Calibrated read-out").
-DEFAULT_CALIBRATION = "bias"
+DEFAULT_CALIBRATION = "affine"
 #: Options of ``method_params`` for ``"bbt"`` / ``"ensemble"``.
 CMA_PARAMS = ("bootstrap",)
 

@@ -13,6 +13,7 @@ from scipy.optimize import minimize
 
 from skprompt import BlackBoxPromptClassifier
 from skprompt.backends import FunctionBackend
+from skprompt.classifier import DEFAULT_CALIBRATION
 from skprompt.readout import apply_readout, fit_readout
 
 from toy_tasks import LinearToyModel, make_toy_task
@@ -90,7 +91,7 @@ def test_zero_shot_read_out_costs_one_query_per_text_and_removes_the_bias():
     raw = BlackBoxPromptClassifier(backend, method="zero-shot", calibration=None).fit(X[:40], y[:40])
     cal = BlackBoxPromptClassifier(backend, method="zero-shot").fit(X[:40], y[:40])  # "auto"
     assert raw.n_queries_ == 0 and cal.n_queries_ == 40
-    assert cal.calibration_ == "bias" and cal.offsets_.shape == (1, 2)
+    assert cal.calibration_ == DEFAULT_CALIBRATION and cal.offsets_.shape == (1, 2)
     # the model without a prompt answers class 0 for every text: the read-out undoes that
     assert raw.predict_proba(X[40:])[:, 0].min() > 0.99
     p = cal.predict_proba(X[40:])

@@ -6,7 +6,10 @@ held-out texts, seeds 0, 1, 2), each tuning method given only ``BUDGET``
 
 Score-based methods (``bbt``, ``ensemble``, ``vi``) must beat the zero-shot
 accuracy of the same model with the same template, on average over the three
-seeds. With the default ``prompt_position="tail"`` the untuned prompt *is*
+seeds. Both sides run without the calibrated read-out (``calibration=None``),
+so that this checks the prompt search itself; the read-out's own gain is
+checked on BBC News, where the label words' prior bias is large
+(``test_calibrated_read_out_lifts_zero_shot_on_bbc_news``). With the default ``prompt_position="tail"`` the untuned prompt *is*
 the zero-shot input, so this checks that the search moves somewhere better on
 held-out data, not merely that it runs. (``vi`` stays above zero-shot on
 seeds 3, 4, 5 too: mean 0.784 vs 0.772 over seeds 0-5.)
@@ -57,8 +60,8 @@ def demo_task():
     backend = default_backend(template=task.template, verbalizer=task.verbalizer)
     splits = [few_shot_split(task.texts, task.target, n_per_class=16, n_test=N_TEST, random_state=seed)
               for seed in SEEDS]
-    zero_shot = [_accuracy(BlackBoxPromptClassifier(backend, method="zero-shot").fit(s.X_train, s.y_train), s)
-                 for s in splits]
+    zero_shot = [_accuracy(BlackBoxPromptClassifier(backend, method="zero-shot", calibration=None)
+                           .fit(s.X_train, s.y_train), s) for s in splits]
     return backend, splits, float(np.mean(zero_shot))
 
 
@@ -69,7 +72,7 @@ def test_method_beats_zero_shot_at_a_small_budget(demo_task, method):
     budget = BUDGET
     accuracies = []
     for seed, split in zip(SEEDS, splits):
-        clf = BlackBoxPromptClassifier(backend, method=method, budget=budget, random_state=seed)
+        clf = BlackBoxPromptClassifier(backend, method=method, budget=budget, random_state=seed, calibration=None)
         clf.fit(split.X_train, split.y_train)  # stops on the budget with a BudgetWarning (filtered)
         assert 0 < clf.n_queries_ <= budget
         accuracies.append(_accuracy(clf, split))
@@ -105,3 +108,28 @@ def test_label_only_posterior_agrees_with_the_labels_more_than_the_prior(demo_ta
         draws = np.random.default_rng(seed).normal(0.0, clf.sigma0, (64, clf.intrinsic_dim))
         prior.append(float(_fit_agreement(clf, draws, split).mean()))
     assert np.mean(kept) > np.mean(prior), (method, kept, prior)
+
+
+def test_calibrated_read_out_lifts_zero_shot_on_bbc_news():
+    """The untuned template with the default read-out against the raw template,
+    on BBC News (5 topics), seeds 0 and 1, 16 fit texts per class, 100 test
+    texts. Measured on seed 0 with 200 test texts: accuracy 0.545 raw vs 0.805
+    with the affine read-out, ECE 0.095 vs 0.054, NLL 0.996 vs 0.566 (the
+    small model says " business"/" tech" far more often than the data do)."""
+    from skprompt.datasets import few_shot_split, load_task
+    from skprompt.evaluation import prediction_metrics
+    from skprompt.models import default_backend
+
+    task = load_task("bbc_news")
+    backend = default_backend(template=task.template, verbalizer=task.verbalizer)
+    raw, cal = [], []
+    for seed in (0, 1):
+        split = few_shot_split(task.texts, task.target, n_per_class=16, n_test=100, random_state=seed)
+        for calibration, out in ((None, raw), ("auto", cal)):
+            clf = BlackBoxPromptClassifier(backend, method="zero-shot", calibration=calibration)
+            clf.fit(split.X_train, split.y_train)
+            assert clf.n_queries_ == (0 if calibration is None else len(split.X_train))
+            out.append(prediction_metrics(split.y_test, clf.predict_proba(split.X_test), clf.classes_))
+    mean = lambda rows, key: float(np.mean([r[key] for r in rows]))  # noqa: E731
+    assert mean(cal, "accuracy") > mean(raw, "accuracy") + 0.1, (raw, cal)
+    assert mean(cal, "log_loss") < mean(raw, "log_loss"), (raw, cal)
