@@ -1,11 +1,19 @@
 """skprompt: reliable gradient-free and likelihood-free soft-prompt tuning of
-black-box language models, as scikit-learn classifiers."""
+black-box language models, as scikit-learn classifiers.
+
+``import skprompt`` loads neither torch nor transformers: the names that need
+them (:class:`GradientPromptClassifier`) are imported on first use (PEP 562),
+so that :class:`BlackBoxPromptClassifier` on a
+:class:`~skprompt.backends.FunctionBackend` (a remote API) pays nothing for them.
+"""
 
 from .classifier import METHODS, BlackBoxPromptClassifier
 from .exceptions import BudgetWarning, PosteriorWarning
-from .whitebox import GradientPromptClassifier
 
 __version__ = "0.1.0.dev0"
+
+# name -> submodule that defines it, imported on first access (it imports torch).
+_LAZY = {"GradientPromptClassifier": "whitebox"}
 
 __all__ = [
     "BlackBoxPromptClassifier",
@@ -15,3 +23,17 @@ __all__ = [
     "PosteriorWarning",
     "__version__",
 ]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value  # later accesses skip this hook
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

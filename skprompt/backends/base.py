@@ -17,7 +17,15 @@ import threading
 from collections import OrderedDict
 import numpy as np
 
-__all__ = ["PromptBackend", "BackendError", "log_softmax"]
+__all__ = ["PromptBackend", "BackendError", "log_softmax", "LOG_PROBA_FLOOR"]
+
+#: The lowest class log-probability :meth:`PromptBackend.score` answers: the
+#: log of the smallest normal float64 (about -708.4). A class the model gives
+#: no probability (a score of -inf, e.g. a label word outside an API's top-k
+#: log-probabilities) reads as this, so that losses, read-outs and averages
+#: over prompts stay finite (-inf - -inf is NaN) and a search can still rank
+#: prompts by how many texts leave their class unscored.
+LOG_PROBA_FLOOR = float(np.log(np.finfo(np.float64).tiny))
 
 
 class BackendError(ValueError):
@@ -172,7 +180,8 @@ class PromptBackend:
         Returns
         -------
         ndarray of shape (n_prompts, n_texts, n_classes)
-            Log-softmax over the classes' scores.
+            Log-softmax over the classes' scores, floored at
+            :data:`LOG_PROBA_FLOOR` (a class scored -inf reads as it).
         """
         if self.labels_only:
             return self._score(None, None, None)  # raises the clear error
@@ -223,7 +232,7 @@ class PromptBackend:
         if n_prompts == 0 or n_texts == 0:
             return np.zeros(out_shape, dtype=np.int64 if labels else np.float64)
         if not self.cache_size:
-            result = self._checked(compute(prompts, texts, classes), out_shape, labels, n_classes)
+            result = self._checked(compute(prompts, texts, classes), out_shape, labels, n_classes, texts)
             with self._lock:
                 self._stats["requests"] += 1
                 self._stats["pairs"] += n_prompts * n_texts
@@ -256,6 +265,7 @@ class PromptBackend:
                 (len(uniq_idx), len(sub_texts)) + out_shape[2:],
                 labels,
                 n_classes,
+                sub_texts,
             )
             text_pos = {t: k for k, t in enumerate(sub_texts)}
             row_of = {pkeys[i]: r for r, i in enumerate(uniq_idx)}
@@ -276,8 +286,13 @@ class PromptBackend:
             self._stats["cached_pairs"] += n_hits
         return out
 
-    def _checked(self, result, shape, labels, n_classes):
-        """Validate what an implementation returned (shape, finiteness, range)."""
+    def _checked(self, result, shape, labels, n_classes, texts=None):
+        """Validate what an implementation returned (shape, finiteness, range).
+
+        Scores may hold -inf (a class the model gives no probability), not NaN
+        or +inf, and not -inf for every class of a (prompt, text) pair.
+        ``texts``, the request's texts, only name the pair in that error.
+        """
         name = self._source_name()
         arr = np.asarray(result)
         if arr.shape != shape:
@@ -299,9 +314,26 @@ class PromptBackend:
         if not np.issubdtype(arr.dtype, np.number):
             raise BackendError(f"{name} must return numeric scores; got dtype {arr.dtype}.")
         arr = arr.astype(np.float64)
-        if not np.all(np.isfinite(arr)):
-            raise BackendError(f"{name} returned NaN or infinite scores.")
-        return log_softmax(arr, axis=-1)
+        # -inf is a class the model gives no probability: what a top-k
+        # log-probability API reports for a label word outside its top tokens.
+        bad = np.isnan(arr) | np.isposinf(arr)
+        if bad.any():
+            raise BackendError(
+                f"{name} returned NaN or infinite scores ({int(np.isnan(arr).sum())} NaN, "
+                f"{int(np.isposinf(arr).sum())} +inf). Scores must be finite, or -inf for a class "
+                "the model gives no probability (e.g. outside an API's top-k log-probabilities)."
+            )
+        unscored = np.isneginf(arr).all(axis=-1)
+        if unscored.any():
+            i, j = (int(k) for k in np.argwhere(unscored)[0])
+            where = f"text {texts[j]!r}" if texts is not None else f"text {j} of the request"
+            raise BackendError(
+                f"{name} returned -inf for every class ({int(unscored.sum())} (prompt, text) pair(s), "
+                f"e.g. prompt {i} on {where}): no class was scored at all, so there is no "
+                "class probability to read. At least one class of each pair needs a finite score "
+                "(with a top-k log-probability API, ask for more top tokens)."
+            )
+        return np.maximum(log_softmax(arr, axis=-1), LOG_PROBA_FLOOR)
 
     def _source_name(self):
         return type(self).__name__

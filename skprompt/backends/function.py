@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import numbers
 
 import numpy as np
@@ -17,15 +18,27 @@ class FunctionBackend(PromptBackend):
     Parameters
     ----------
     fn : callable
-        ``fn(prompt_embeddings, texts)`` receives a float32 ndarray of shape
-        ``(n_prompts, n_prompt_tokens, embedding_dim)`` and a list of
-        ``n_texts`` str. It returns an ndarray of shape
+        ``fn(prompt_embeddings, texts)`` or ``fn(prompt_embeddings, texts,
+        classes)`` (see ``pass_classes``) receives a read-only float32 ndarray
+        of shape ``(n_prompts, n_prompt_tokens, embedding_dim)``, a list of
+        ``n_texts`` str and, if it takes them, the list of the classes to read
+        out, in column order. It returns an ndarray of shape
         ``(n_prompts, n_texts, n_classes)`` of class scores (logits or
-        log-probabilities; column ``k`` is the ``k``-th class of the sorted
-        ``classes_`` of the estimator), or, with ``labels_only=True``, an int
-        ndarray of shape ``(n_prompts, n_texts)`` of class indices.
-        ``n_prompt_tokens`` is 0 when the estimator asks for the model without
-        a soft prompt (``method="zero-shot"``).
+        log-probabilities; column ``k`` is ``classes[k]``, the ``k``-th class
+        of the sorted ``classes_`` of the estimator), or, with
+        ``labels_only=True``, an int ndarray of shape ``(n_prompts, n_texts)``
+        of class indices. ``n_prompt_tokens`` is 0 when the estimator asks for
+        the model without a soft prompt (``method="zero-shot"``).
+
+        A score may be ``-inf``: a class the model gives no probability, as a
+        top-k log-probability API reports for a label word outside its top
+        tokens. NaN and ``+inf`` are refused, and so is a (prompt, text) pair
+        whose classes are all ``-inf`` (no class scored at all).
+
+        ``prompt_embeddings`` is a read-only copy: ``fn`` cannot change the
+        estimator's prompts, and writing into it raises
+        :class:`~skprompt.backends.BackendError` (a ``ValueError``); work on
+        ``np.array(prompt_embeddings)`` if ``fn`` needs a scratch copy.
     embedding_dim : int
         Width of one soft-prompt vector.
     labels_only : bool, default=False
@@ -37,6 +50,15 @@ class FunctionBackend(PromptBackend):
     cache_size : int, default=100_000
         Size of the result cache (see :class:`PromptBackend`); set 0 for a
         function whose answers must never be reused (e.g. a sampling API).
+    pass_classes : bool or None, default=None
+        Whether ``fn`` receives the classes, so that it never has to guess
+        which class a column is. ``None`` reads ``fn``'s signature: the
+        classes are passed if ``fn`` has a parameter named ``classes`` (as
+        ``classes=...``) or a third positional parameter without a default
+        (as the third argument); otherwise ``fn(prompt_embeddings, texts)``
+        is called as before. ``True`` always passes them (by keyword if
+        ``fn`` has a ``classes`` parameter, else as the third argument: use
+        it for a callable whose signature cannot be read); ``False`` never.
 
     Examples
     --------
@@ -53,9 +75,24 @@ class FunctionBackend(PromptBackend):
     >>> backend = FunctionBackend(fn, embedding_dim=4)
     >>> backend.score(np.ones((1, 1, 4)), ["ab", "abcd"], classes=["short", "long"]).shape
     (1, 2, 2)
+
+    A function that takes the classes reads the label words itself, e.g. from
+    the top-k log-probabilities of a remote API (here a fixed table); a label
+    outside the top-k gets ``-inf``:
+
+    >>> TOP_LOGPROBS = {" long": -0.2, " short": -1.8}  # what the API returned
+    >>> def api(prompts, texts, classes):
+    ...     row = [TOP_LOGPROBS.get(" " + c, -np.inf) for c in classes]
+    ...     return np.tile(row, (len(prompts), len(texts), 1))
+    >>> backend = FunctionBackend(api, embedding_dim=4)  # detected: fn takes classes
+    >>> backend.pass_classes, backend.classes_passed
+    (None, True)
+    >>> np.exp(backend.score(np.ones((1, 1, 4)), ["ab"], classes=["long", "short", "tiny"])).round(3)
+    array([[[0.832, 0.168, 0.   ]]])
     """
 
-    def __init__(self, fn, embedding_dim, *, labels_only=False, embedding_std=None, cache_size=100_000):
+    def __init__(self, fn, embedding_dim, *, labels_only=False, embedding_std=None, cache_size=100_000,
+                 pass_classes=None):
         if not callable(fn):
             raise TypeError(f"fn must be callable; got {type(fn).__name__}.")
         if not isinstance(embedding_dim, numbers.Integral) or isinstance(embedding_dim, bool) or embedding_dim < 1:
@@ -64,11 +101,15 @@ class FunctionBackend(PromptBackend):
             isinstance(embedding_std, numbers.Real) and np.isfinite(embedding_std) and embedding_std > 0
         ):
             raise ValueError(f"embedding_std must be a positive float or None; got {embedding_std!r}.")
+        if pass_classes is not None and not isinstance(pass_classes, bool):
+            raise ValueError(f"pass_classes must be True, False or None; got {pass_classes!r}.")
         super().__init__(cache_size=cache_size)
         self.fn = fn
         self._embedding_dim = int(embedding_dim)
         self.labels_only = bool(labels_only)
         self.embedding_std = embedding_std
+        self.pass_classes = pass_classes
+        self._classes_mode = _classes_mode(fn, pass_classes)
 
     @property
     def embedding_dim(self):
@@ -78,17 +119,42 @@ class FunctionBackend(PromptBackend):
         std = 1.0 if self.embedding_std is None else float(self.embedding_std)
         return np.zeros(self._embedding_dim), std
 
-    def _call(self, prompt_embeddings, texts):
-        return self.fn(np.ascontiguousarray(prompt_embeddings, dtype=np.float32), list(texts))
+    @property
+    def classes_passed(self):
+        """bool: whether ``fn`` is called with the classes (see ``pass_classes``)."""
+        return getattr(self, "_classes_mode", None) is not None
+
+    def _call(self, prompt_embeddings, texts, classes):
+        # A read-only copy: fn must not change the caller's array (with the
+        # cache off that is the estimator's own prompt_embeddings_).
+        prompts = np.array(prompt_embeddings, dtype=np.float32, order="C", copy=True)
+        prompts.flags.writeable = False
+        mode = getattr(self, "_classes_mode", None)  # absent from pickles of older versions
+        if mode is None:
+            args, kwargs = (prompts, list(texts)), {}
+        elif mode == "keyword":
+            args, kwargs = (prompts, list(texts)), {"classes": list(classes)}
+        else:
+            args, kwargs = (prompts, list(texts), list(classes)), {}
+        try:
+            return self.fn(*args, **kwargs)
+        except ValueError as exc:
+            if "read-only" not in str(exc):
+                raise
+            raise BackendError(
+                f"{self._source_name()} tried to write into a read-only array ({exc}). Its "
+                "prompt_embeddings argument is read-only, so that it cannot change the "
+                "estimator's prompts: work on a copy, e.g. np.array(prompt_embeddings)."
+            ) from exc
 
     def _score(self, prompt_embeddings, texts, classes):
         if self.labels_only:
             return super()._score(prompt_embeddings, texts, classes)
-        return self._call(prompt_embeddings, texts)
+        return self._call(prompt_embeddings, texts, classes)
 
     def _predict_labels(self, prompt_embeddings, texts, classes):
         if self.labels_only:
-            return self._call(prompt_embeddings, texts)
+            return self._call(prompt_embeddings, texts, classes)
         return super()._predict_labels(prompt_embeddings, texts, classes)
 
     def _source_name(self):
@@ -99,5 +165,36 @@ class FunctionBackend(PromptBackend):
         name = getattr(self.fn, "__qualname__", repr(self.fn))
         return (
             f"FunctionBackend({name}, embedding_dim={self._embedding_dim}, "
-            f"labels_only={self.labels_only})"
+            f"labels_only={self.labels_only}"
+            + (f", pass_classes={self.pass_classes}" if self.pass_classes is not None else "")
+            + ")"
         )
+
+
+def _classes_mode(fn, pass_classes):
+    """How ``fn`` takes the classes: None (not at all), "keyword" or "positional"."""
+    if pass_classes is False:
+        return None
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # e.g. some builtins: nothing to read
+        params = None
+    if params is None:
+        return "positional" if pass_classes else None
+    kinds = inspect.Parameter
+    if any(p.name == "classes" and p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY) for p in params):
+        return "keyword"
+    positional = [p for p in params if p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)]
+    if len(positional) >= 3 and positional[2].default is kinds.empty:
+        return "positional"
+    if not pass_classes:
+        return None
+    if len(positional) >= 3 or any(p.kind == kinds.VAR_POSITIONAL for p in params):
+        return "positional"
+    if any(p.kind == kinds.VAR_KEYWORD for p in params):
+        return "keyword"
+    name = getattr(fn, "__qualname__", None) or repr(fn)
+    raise ValueError(
+        f"pass_classes=True, but fn {name!r} takes no third argument: give it a parameter "
+        "classes (fn(prompt_embeddings, texts, classes)), or use pass_classes=None."
+    )
