@@ -239,15 +239,17 @@ class _ModelHandle:
 
     # -- embeddings -------------------------------------------------------
     def embedding_stats(self):
+        """Mean vector and overall std of what :meth:`embed` gives over the whole vocabulary."""
         with self.lock:
             if self._stats is None:
-                with torch.inference_mode():
-                    table = self.input_embeddings.weight.detach().to("cpu", torch.float64)
-                    self._stats = (table.mean(dim=0).numpy(), float(table.std(unbiased=False)))
+                self._stats = _embedding_stats(self.input_embeddings)
         mean, std = self._stats
         return mean.copy(), std
 
     def embed(self, ids):
+        """Input embeddings of ``ids`` as the model itself computes them (the
+        input embedding layer's output, so scaled where the layer scales, as
+        Gemma's does): soft prompts are vectors of this space."""
         ids = torch.as_tensor(ids, dtype=torch.long, device=self.device)
         return self.input_embeddings(ids)
 
@@ -285,6 +287,43 @@ class _ModelHandle:
             if self._readout is None:
                 self._readout = _causal_readout(self) if self.kind == "causal" else _masked_readout(self)
         return self._readout
+
+
+_STATS_CHUNK_ELEMENTS = 1 << 22
+
+
+def _embedding_stats(layer):
+    """(mean vector, std of all entries) of the input embedding layer's output over every id.
+
+    For a plain ``nn.Embedding`` that is its table. A layer that transforms
+    the rows -- Gemma's ``Gemma3TextScaledWordEmbedding`` multiplies them by
+    ``sqrt(hidden_size)`` (about 25 for Gemma 3 270M) -- is run on every id,
+    in chunks, so that the statistics describe what the model adds to its
+    residual stream for a real token, the space of ``embed``, of
+    ``initial_prompt`` and of the soft prompts (the raw table of such a model
+    is smaller by the scale). Computed in float64, two passes over chunks
+    of about ``_STATS_CHUNK_ELEMENTS`` entries.
+    """
+    weight = layer.weight
+    with torch.inference_mode():
+        if type(layer).forward is torch.nn.Embedding.forward:
+            table = weight.detach().to("cpu", torch.float64)
+            return table.mean(dim=0).numpy(), float(table.std(unbiased=False))
+        vocab, dim = weight.shape
+        step = max(1, _STATS_CHUNK_ELEMENTS // dim)
+
+        def chunks():
+            for start in range(0, vocab, step):
+                ids = torch.arange(start, min(start + step, vocab), device=weight.device)
+                yield layer(ids[None])[0].to("cpu", torch.float64)
+
+        total = torch.zeros(dim, dtype=torch.float64)
+        for rows in chunks():
+            total += rows.sum(dim=0)
+        mean = total / vocab
+        grand = float(mean.mean())
+        squares = sum(float(((rows - grand) ** 2).sum()) for rows in chunks())
+        return mean.numpy(), float(np.sqrt(squares / (vocab * dim)))
 
 
 def _probe_ids(handle, n=6):
@@ -761,6 +800,11 @@ class CausalLMBackend(_HFBackend):
     computed. On first use the backend checks this shortcut against the
     model's own logits and falls back to the model's full head if they
     disagree (an unrecognised head).
+
+    Soft prompts are vectors of the space that the model's input embedding
+    layer outputs, fed as ``inputs_embeds``: for models whose layer scales
+    the table (Gemma: by ``sqrt(hidden_size)``) that is the scaled space, and
+    :meth:`embedding_stats` and :meth:`initial_prompt` describe it too.
 
     Padding never changes a score: pairs are batched with explicit attention
     masks and position ids. Scoring runs under ``torch.inference_mode`` with
