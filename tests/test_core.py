@@ -153,3 +153,11 @@ def test_aggregate_votes_through_error_channels():
     np.testing.assert_allclose(out[0], [0.7, 0.15, 0.15])
     # text 1: prompt 1 votes 1 (.8 there, .1 elsewhere), prompt 2 votes 0 (.6 there, .2 elsewhere)
     np.testing.assert_allclose(out[1], [0.5 * 0.1 + 0.5 * 0.6, 0.5 * 0.8 + 0.5 * 0.2, 0.5 * 0.1 + 0.5 * 0.2])
+
+
+def test_aggregation_of_a_class_no_prompt_scores_is_zero_not_nan():
+    from skprompt.inference.base import aggregate_outputs
+
+    out = aggregate_outputs(np.array([[[0.0, -np.inf]], [[np.log(0.5), np.log(0.5)]]]), np.ones(2), 2)
+    np.testing.assert_allclose(out, [[0.75, 0.25]])
+    np.testing.assert_array_equal(aggregate_outputs(np.array([[[0.0, -np.inf]]]), np.ones(1), 2), [[1.0, 0.0]])

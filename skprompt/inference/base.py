@@ -154,6 +154,7 @@ def aggregate_outputs(outputs, weights, n_classes, vote_prior=0.0, error_rates=N
         # log-sum-exp over the samples, for stability with tiny probabilities
         a = outputs + log_w
         m = a.max(axis=0)
+        m = np.where(np.isfinite(m), m, 0.0)  # a class at -inf for every sample: probability 0, not NaN
         proba = np.exp(m) * np.exp(a - m).sum(axis=0)
     else:
         n_samples, n_texts = outputs.shape
