@@ -84,7 +84,10 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         predict with the weighted histogram of the prompts' votes.
     n_prompts : int, default=4
         Number of prompt samples kept: ensemble size, draws from the VI
-        posterior or from the SNPE posterior, ABC-SMC particles (at least 2).
+        posterior or from the SNPE posterior. For ``"abc-smc"`` a floor on
+        the population, which is ``method_params["n_particles"]``, by
+        default ``max(n_prompts, 16)`` (measured: fewer particles collapse to
+        one prompt in 50 dimensions); the whole weighted population is kept.
         Ignored by ``"bbt"`` and ``"zero-shot"``.
     n_prompt_tokens : int or None, default=None
         Number of soft-prompt vectors. ``None``: the backend's suggestion
@@ -143,8 +146,9 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         :class:`~skprompt.inference.cmaes.CMAEnsembleLearner`). ``"vi"``: ``n_mc``, ``kl_weight``, ``prior_variance``,
         ``init_log_var``, ``min_variance``, ``n_val_draws`` (see
         :class:`~skprompt.inference.vi.VariationalLearner`). ``"abc-smc"``:
-        ``move``, ``prior_variance``, ``max_rounds``, ``quantile``,
-        ``kernel``, ``kernel_scale``, ``ess_threshold``, ``n_initial``,
+        ``n_particles``, ``move`` (default ``"mcmc"``), ``prior_variance``,
+        ``max_rounds``, ``quantile``, ``kernel`` (default ``"pcn"``),
+        ``kernel_scale``, ``kernel_floor``, ``ess_threshold``, ``n_initial``,
         ``max_simulations_per_round``, ``batch_size`` (see
         :class:`~skprompt.inference.abc_smc.ABCSMCLearner`). ``"snpe"``: see
         :class:`~skprompt.inference.snpe.SNPELearner`. A ``prior_variance``
@@ -215,11 +219,16 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
     fit_info_ : dict
         The learner's diagnostics, to check what a fit did; the keys depend
         on ``method`` (empty for ``"zero-shot"``). ``"bbt"``/``"ensemble"``:
-        ``selection_losses``. ``"vi"``: the kept q (``mean``, ``variance``,
+        ``selection_losses``, ``start_loss``, ``kept_start`` (per member:
+        whether no tuned prompt beat the start), ``bootstrap_weights``. ``"vi"``: the kept q (``mean``, ``variance``,
         ``generation``) and per-generation ``elbo``, ``nll``, ``kl``,
         ``val_log_loss``. ``"abc-smc"``: per-round ``tolerance``,
-        ``acceptance_rate``, ``ess``, ``val_accuracy``, ``simulations``, and
-        ``kept_round``, ``stop_reason``. ``"snpe"``: per-round ``n_simulations``,
+        ``acceptance_rate``, ``ess``, ``population_ess``,
+        ``move_acceptance_rate``, ``step``, ``val_accuracy``, ``val_errors``,
+        ``simulations``, and ``kept_round``, ``kept_ess`` (the kept
+        population's effective sample size; below 2 ``fit`` emits a
+        :class:`~skprompt.exceptions.PosteriorWarning`), ``stop_reason``,
+        ``n_simulations``, ``discarded_simulations``. ``"snpe"``: per-round ``n_simulations``,
         ``round_mean_error`` (a flat sequence says the posterior has not
         moved from the prior), ``prior_overlap`` (at 0.99 or more ``fit``
         emits a :class:`~skprompt.exceptions.PosteriorWarning`),
@@ -324,8 +333,6 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         check_param("budget", self.budget, "int", low=1, allow_none=True)
         if self.method_params is not None and not isinstance(self.method_params, dict):
             raise ValueError(f"method_params must be a dict or None; got {type(self.method_params).__name__}.")
-        if self.method == "abc-smc" and self.n_prompts < 2:
-            raise ValueError(f"n_prompts must be >= 2 for method='abc-smc' (the particle count); got {self.n_prompts}.")
         if not (isinstance(self.vote_smoothing, str) and self.vote_smoothing == "error"):
             check_param("vote_smoothing", self.vote_smoothing, "real", low=0)
         if self.n_jobs is not None:
@@ -470,7 +477,8 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
                 raise ValueError(
                     f"budget={self.budget} is below the {needed} queries one iteration of "
                     f"method={self.method!r} needs on {len(texts)} texts; raise budget, or lower "
-                    "popsize / n_prompts (or the method_params that set the cost of one iteration)."
+                    "popsize / n_prompts (or the method_params that set the cost of one iteration, "
+                    "e.g. n_particles for abc-smc)."
                 )
             steps = self._n_steps(learner, self.max_iter)
             # VI's kept prompts are fresh draws from q: their read-outs need their training

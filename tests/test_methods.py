@@ -169,7 +169,7 @@ def test_vote_smoothing():
     [
         ({"method": "vi", "method_params": {"bogus": 1}}, "bogus"),
         ({"method": "abc-smc", "method_params": {"quantile": 2.0}}, "quantile"),
-        ({"method": "abc-smc", "n_prompts": 1}, "n_prompts must be >= 2"),
+        ({"method": "abc-smc", "method_params": {"n_particles": 1}}, "n_particles"),
         ({"method": "ensemble", "method_params": {"n_mc": 3}}, "unknown key"),
         ({"method": "bbt", "method_params": {"bootstrap": "yes"}}, "must be a bool"),
         ({"method": "zero-shot", "method_params": {"n_mc": 3}}, "method_params must be empty"),
