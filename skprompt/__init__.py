@@ -7,6 +7,7 @@ so that :class:`BlackBoxPromptClassifier` on a
 :class:`~skprompt.backends.FunctionBackend` (a remote API) pays nothing for them.
 """
 
+from ._lazy import lazy_attributes
 from .classifier import METHODS, BlackBoxPromptClassifier
 from .exceptions import BudgetWarning, PosteriorWarning
 
@@ -24,16 +25,4 @@ __all__ = [
     "__version__",
 ]
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value  # later accesses skip this hook
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY, __all__)

@@ -8,6 +8,7 @@
 transformers: the transformers backends are imported on first use (PEP 562).
 """
 
+from .._lazy import lazy_attributes
 from .base import BackendError, PromptBackend
 from .function import FunctionBackend
 
@@ -16,18 +17,4 @@ _LAZY = {"CausalLMBackend": "huggingface", "MaskedLMBackend": "huggingface"}
 
 __all__ = ["PromptBackend", "BackendError", "FunctionBackend", "CausalLMBackend", "MaskedLMBackend"]
 
-
-def __getattr__(name):
-    # The transformers backends import torch and transformers: load them only
-    # when asked for, so that FunctionBackend users pay nothing.
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value  # later accesses skip this hook
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY, __all__)
