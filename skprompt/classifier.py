@@ -442,8 +442,9 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         loss = "zero_one" if self.method in LABEL_METHODS else self.loss
         zero_shot = self.method == "zero-shot"
         calibration = self._resolve_calibration(labels_only, backend)
-        learner = self._method_params() if zero_shot else self._make_learner()  # validates either way
-        learner = None if zero_shot else learner
+        if zero_shot:
+            self._method_params()  # validated before any query, as _make_learner does for the others
+        learner = None if zero_shot else self._make_learner()
         if zero_shot and calibration is not None and self.budget is not None and self.budget < len(texts):
             raise ValueError(
                 f"budget={self.budget} is below the {len(texts)} queries the zero-shot read-out needs "
