@@ -320,17 +320,47 @@ def test_verbalizer_errors(tiny_llama_dir):
         backend.check_classes(["fresh", "rotten", "neutral"])
     with pytest.raises(BackendError, match="missing from the verbalizer"):
         backend.score(np.zeros((1, 1, backend.embedding_dim)), ["x"], ["fresh", "meh"])
-    # " positive" and " positively" start with the same token here.
-    tok = backend.tokenizer
-    assert _word_id(tok, "positive") == _word_id(tok, "positivexyz")
+    # two spellings of one word are one token: two classes cannot share it
     with pytest.raises(ValueError, match="share the same first token"):
-        CausalLMBackend(tiny_llama_dir, verbalizer={"a": "positive", "b": "positivexyz"}, prompt_position="suffix")
+        CausalLMBackend(tiny_llama_dir, verbalizer={"a": "positive", "b": " positive"}, prompt_position="suffix")
     default = CausalLMBackend(tiny_llama_dir, prompt_position="suffix")
     with pytest.raises(BackendError, match="share the same first token"):
-        default.check_classes(["positive", "positivexyz"])
+        default.check_classes(["positive", " positive"])
     for bad in ({"fresh": 1, "rotten": "negative"}, {"fresh": "  ", "rotten": "negative"}, {}, ["positive"]):
         with pytest.raises(ValueError, match="verbalizer"):
             CausalLMBackend(tiny_llama_dir, verbalizer=bad, prompt_position="suffix")
+
+
+def test_multi_token_label_words_are_refused_with_their_tokens(tiny_llama_dir):
+    """" positivexyz" is " positive" + more tokens here: on the previous main it
+    was silently scored as " positive" (its first token)."""
+    tok = CausalLMBackend(tiny_llama_dir, prompt_position="suffix").tokenizer
+    pieces = tok.convert_ids_to_tokens(tok(" positivexyz", add_special_tokens=False)["input_ids"])
+    assert len(pieces) > 1 and pieces[0] == tok.convert_ids_to_tokens(_word_id(tok, "positive"))
+    with pytest.raises(ValueError, match=r"label word 'positivexyz' is \d tokens .*single-token word"):
+        CausalLMBackend(tiny_llama_dir, verbalizer={"a": "positive", "b": "positivexyz"}, prompt_position="suffix")
+    assert repr(pieces[0]) in str(pytest.raises(
+        BackendError, CausalLMBackend(tiny_llama_dir, prompt_position="suffix").check_classes,
+        ["negative", "positivexyz"]).value)
+
+
+@pytest.mark.parametrize("classes", [[0, 1], [True, False], np.array([3, 7])])
+def test_non_string_labels_without_verbalizer_are_refused(tiny_llama_dir, classes):
+    backend = CausalLMBackend(tiny_llama_dir, prompt_position="suffix")
+    with pytest.raises(BackendError, match=r"not strings and the backend has no verbalizer.*verbalizer=\{"):
+        backend.check_classes(list(classes))
+    # ... and so is a fit with such labels, before any query
+    from skprompt import BlackBoxPromptClassifier
+
+    y = np.array([classes[0], classes[1]] * 3)
+    clf = BlackBoxPromptClassifier(backend, method="bbt", intrinsic_dim=4, popsize=4, max_iter=1,
+                                   validation_fraction=None, random_state=0)
+    with pytest.raises(BackendError, match="verbalizer"):
+        clf.fit(TEXTS[:2] * 3, y)
+    assert backend.stats["pairs"] == 0 and backend.stats["requests"] == 0
+    with_words = CausalLMBackend(tiny_llama_dir, verbalizer={classes[0]: "positive", classes[1]: "negative"},
+                                 prompt_position="suffix")
+    with_words.check_classes(list(classes))
 
 
 def test_template_and_option_errors(tiny_llama_dir):

@@ -636,13 +636,26 @@ class _HFBackend(PromptBackend):
         text = word if word[:1].isspace() else " " + word
         ids = handle.encode(text)
         tok = handle.tokenizer
-        for i in ids:
-            if tok.decode([i]).strip():
-                if tok.unk_token_id is not None and i == tok.unk_token_id:
-                    raise BackendError(f"label word {word!r} is not in the tokenizer's vocabulary (it maps to the "
-                                       "unknown token); choose another word in the verbalizer.")
-                return int(i)
-        raise BackendError(f"label word {word!r} has no token; choose another word in the verbalizer.")
+        # A leading token that is only whitespace (some tokenizers split the
+        # space off) is skipped; the word itself must be one token.
+        word_ids = [int(i) for i in ids if tok.decode([i]).strip()]
+        if not word_ids:
+            raise BackendError(f"label word {word!r} has no token; choose another word in the verbalizer.")
+        if len(word_ids) > 1:
+            # Refused rather than scored by its first token (which silently
+            # confuses words that share it) or by the sum of its tokens'
+            # log-probabilities (which penalises long words and needs extra
+            # positions per class): see the verbalizer's documentation.
+            pieces = tok.convert_ids_to_tokens(word_ids)
+            raise BackendError(
+                f"label word {word!r} is {len(word_ids)} tokens {pieces!r} for this tokenizer, but each class "
+                "is read as the logit of one token; choose a single-token word for it in the verbalizer "
+                "(a synonym, or a shorter or lower-case form)."
+            )
+        if tok.unk_token_id is not None and word_ids[0] == tok.unk_token_id:
+            raise BackendError(f"label word {word!r} is not in the tokenizer's vocabulary (it maps to the "
+                               "unknown token); choose another word in the verbalizer.")
+        return word_ids[0]
 
     def check_classes(self, classes):
         self._class_token_ids(list(classes))
@@ -658,6 +671,16 @@ class _HFBackend(PromptBackend):
                 raise BackendError(
                     f"classes {missing!r} are missing from the verbalizer (it has {list(self.verbalizer)!r}); "
                     "give a label word for every class."
+                )
+        else:
+            not_words = [c for c in classes if not isinstance(c, str)]
+            if not_words:
+                # str(True) or str(3) as a label word is almost never what was meant
+                example = {c: f"<word for {c!r}>" for c in list(classes)[:3]}
+                raise BackendError(
+                    f"classes {list(classes)!r} are not strings and the backend has no verbalizer, so their "
+                    f"label words would be {[str(c) for c in classes]!r}. Pass the words the model should "
+                    f"answer with, e.g. verbalizer={example!r} (one single-token word per class)."
                 )
         ids, owner = [], {}
         for label in classes:
@@ -748,11 +771,18 @@ class CausalLMBackend(_HFBackend):
         Input layout; must contain ``{text}`` exactly once. Other braces are
         kept literally.
     verbalizer : dict or None, default=None
-        Class label -> label word. ``None`` means ``str(label)`` is the word
-        of each class. A label word is read as the first token of
-        ``" " + word`` (no space is added if the word already starts with
-        whitespace; a leading token that is only whitespace is skipped). Two
-        classes whose words share that token are an error.
+        Class label -> label word. ``None`` means each class label is its
+        own word (string labels only: integer or boolean labels without a
+        verbalizer are an error that shows how to pass one). A label word is
+        read as the token of ``" " + word`` (no space is added if the word
+        already starts with whitespace; a leading token that is only
+        whitespace is skipped). A word the tokenizer splits into several
+        tokens is refused at construction (or, without a verbalizer, at
+        ``fit``), with its tokens in the message: the backend scores one token
+        per class, and neither the first token alone (two words may share
+        it) nor the sum of the tokens' log-probabilities (long words lose
+        probability for their length) is a faithful class score. Two
+        classes with the same token are an error.
     prompt_position : {"tail", "suffix", "prefix"}, default="tail"
         Where the soft prompt goes. ``"tail"`` is the default because it
         measured best on the bundled task: tuning starts exactly at the
