@@ -150,7 +150,10 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         ``max_rounds``, ``quantile``, ``kernel`` (default ``"pcn"``),
         ``kernel_scale``, ``kernel_floor``, ``ess_threshold``, ``n_initial``,
         ``max_simulations_per_round``, ``batch_size`` (see
-        :class:`~skprompt.inference.abc_smc.ABCSMCLearner`). ``"snpe"``: see
+        :class:`~skprompt.inference.abc_smc.ABCSMCLearner`). ``"snpe"``:
+        ``inference`` (``"npe"``, sbi's posterior estimator, or
+        ``"factorised"``, one learnt likelihood per training text, which
+        needs no sbi), ``n_rounds``, ``n_simulations`` and the others of
         :class:`~skprompt.inference.snpe.SNPELearner`. A ``prior_variance``
         left unset defaults to ``sigma0 ** 2``.
     vote_smoothing : "error" or float >= 0, default="error"
@@ -232,7 +235,8 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         ``round_mean_error`` (a flat sequence says the posterior has not
         moved from the prior), ``prior_overlap`` (at 0.99 or more ``fit``
         emits a :class:`~skprompt.exceptions.PosteriorWarning`),
-        ``val_errors``, ``selected_round``. Each learner's ``fit`` documents
+        ``val_errors``, ``selected_round``, and with
+        ``inference="factorised"`` ``n_informative_texts``. Each learner's ``fit`` documents
         its keys.
 
     See Also
