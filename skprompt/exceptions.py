@@ -1,9 +1,9 @@
 """Warnings and errors of skprompt."""
 
-from .backends.base import BackendError
+from .backends.base import BackendError, ContextWarning
 from .inference.base import BudgetExhausted, PosteriorWarning
 
-__all__ = ["BudgetWarning", "BackendError", "BudgetExhausted", "PosteriorWarning"]
+__all__ = ["BudgetWarning", "BackendError", "ContextWarning", "BudgetExhausted", "PosteriorWarning"]
 
 
 class BudgetWarning(UserWarning):

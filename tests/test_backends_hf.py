@@ -524,8 +524,9 @@ def test_masked_lm_errors_and_pickle(tiny_bert_dir):
     with pytest.raises(BackendError, match="not in the tokenizer's vocabulary"):
         MaskedLMBackend(tiny_bert_dir, verbalizer={"a": "great", "b": "zyzzyva"})
     backend = MaskedLMBackend(tiny_bert_dir, verbalizer={"fresh": "great", "rotten": "terrible"}, cache_size=0)
+    strict = MaskedLMBackend(tiny_bert_dir, verbalizer={"fresh": "great", "rotten": "terrible"}, truncation="error")
     with pytest.raises(BackendError, match="too long"):
-        backend.score(np.zeros((1, 2, backend.embedding_dim)), ["good " * 80], CLASSES)
+        strict.score(np.zeros((1, 2, strict.embedding_dim)), ["good " * 80], CLASSES)
     prompts = random_prompts(backend, 2, 2)
     restored = pickle.loads(pickle.dumps(backend))
     np.testing.assert_array_equal(restored.score(prompts, TEXTS, CLASSES), backend.score(prompts, TEXTS, CLASSES))
@@ -561,3 +562,61 @@ def test_classifier_fits_with_causal_backend(tiny_llama_dir):
     assert clone(clf).backend is backend
     restored = pickle.loads(pickle.dumps(clf))
     np.testing.assert_allclose(restored.predict_proba(TEXTS), proba, atol=1e-9)
+
+
+# ------------------------------------------------------------------ context
+LONG = " ".join(["the film was a long and winding road"] * 60)  # far past the tiny models' 256 positions
+
+
+@pytest.mark.parametrize("position", ["tail", "suffix", "prefix"])
+def test_overlong_texts_are_cut_to_the_context_with_one_warning(tiny_llama_dir, position):
+    """On the previous main an overlong text reached the model (position ids
+    past the limit). Now it is cut before any scoring, once, with a warning."""
+    import warnings
+
+    from skprompt.backends import ContextWarning
+
+    backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER,
+                              prompt_position=position, cache_size=0)
+    tok = backend.tokenizer
+    assert len(tok(LONG)["input_ids"]) > backend.context_length() == 256
+    prompts = random_prompts(backend, 2, 3)
+    with pytest.warns(ContextWarning, match=r"^1 text\(s\) longer .*256-position context.*keeps their beginning"):
+        long_scores = backend.score(prompts, [LONG, TEXTS[0]], CLASSES)
+    [cut] = backend._fit_to_context([LONG], 3)
+    n_cut = len(tok(cut, add_special_tokens=False)["input_ids"])
+    room = 256 - backend._fixed_positions(3)
+    assert LONG.startswith(cut) and room - 3 <= n_cut <= room
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # known texts: no second warning; the cut text fits: none either
+        np.testing.assert_allclose(backend.score(prompts, [cut, TEXTS[0]], CLASSES), long_scores, atol=1e-5)
+        backend.score(prompts, [LONG], CLASSES)
+
+
+def test_truncation_left_keeps_the_end_and_error_refuses_before_scoring(tiny_llama_dir):
+    from skprompt.backends import ContextWarning
+
+    left = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, truncation="left")
+    tail_text = LONG + " but the ending was great"
+    with pytest.warns(ContextWarning, match="keeps their end"):
+        [cut] = left._fit_to_context([tail_text], 2)
+    assert tail_text.endswith(cut) and cut.endswith("the ending was great") and len(cut) < len(tail_text)
+
+    strict = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, truncation="error")
+    with pytest.raises(BackendError, match=r"1 text\(s\) are too long .*truncation='error'"):
+        strict.score(random_prompts(strict, 1, 2), [TEXTS[0], LONG], CLASSES)
+    assert strict.stats["pairs"] == 0
+    strict.score(random_prompts(strict, 1, 2), TEXTS, CLASSES)  # short texts are fine
+    with pytest.raises(ValueError, match="truncation must be one of"):
+        CausalLMBackend(tiny_llama_dir, truncation="middle")
+    assert pickle.loads(pickle.dumps(strict)).truncation == "error"
+
+
+def test_masked_lm_cuts_overlong_texts_instead_of_failing(tiny_bert_dir):
+    from skprompt.backends import ContextWarning
+
+    backend = MaskedLMBackend(tiny_bert_dir, verbalizer=VERBALIZER)
+    prompts = np.zeros((1, 2, backend.embedding_dim), dtype=np.float32)
+    with pytest.warns(ContextWarning, match="64-position context"):
+        scores = backend.score(prompts, [LONG], CLASSES)
+    assert np.all(np.isfinite(scores))

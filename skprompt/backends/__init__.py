@@ -9,12 +9,12 @@ transformers: the transformers backends are imported on first use (PEP 562).
 """
 
 from .._lazy import lazy_attributes
-from .base import BackendError, PromptBackend
+from .base import BackendError, ContextWarning, PromptBackend
 from .function import FunctionBackend
 
 # name -> submodule that defines it, imported on first access (it imports torch).
 _LAZY = {"CausalLMBackend": "huggingface", "MaskedLMBackend": "huggingface"}
 
-__all__ = ["PromptBackend", "BackendError", "FunctionBackend", "CausalLMBackend", "MaskedLMBackend"]
+__all__ = ["PromptBackend", "BackendError", "ContextWarning", "FunctionBackend", "CausalLMBackend", "MaskedLMBackend"]
 
 __getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY, __all__)

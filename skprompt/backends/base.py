@@ -17,7 +17,7 @@ import threading
 from collections import OrderedDict
 import numpy as np
 
-__all__ = ["PromptBackend", "BackendError", "log_softmax", "LOG_PROBA_FLOOR"]
+__all__ = ["PromptBackend", "BackendError", "ContextWarning", "log_softmax", "LOG_PROBA_FLOOR"]
 
 #: The lowest class log-probability :meth:`PromptBackend.score` answers: the
 #: log of the smallest normal float64 (about -708.4). A class the model gives
@@ -30,6 +30,11 @@ LOG_PROBA_FLOOR = float(np.log(np.finfo(np.float64).tiny))
 
 class BackendError(ValueError):
     """A backend was used in a way it does not support, or answered badly."""
+
+
+class ContextWarning(UserWarning):
+    """Texts too long for the model's context were cut (see the transformers
+    backends' ``truncation``)."""
 
 
 def log_softmax(scores, axis=-1):

@@ -25,13 +25,14 @@ import numbers
 import os
 import threading
 import uuid
+import warnings
 import weakref
 from collections import OrderedDict
 
 import numpy as np
 import torch
 
-from .base import BackendError, PromptBackend
+from .base import BackendError, ContextWarning, PromptBackend
 
 __all__ = ["CausalLMBackend", "MaskedLMBackend", "load_pretrained", "clear_model_cache"]
 
@@ -460,16 +461,29 @@ def _check_placeholder(template, name):
         )
 
 
+#: What the transformers backends do with a text too long for the model's
+#: context (the ``truncation`` parameter).
+TRUNCATION = ("right", "left", "error")
+#: Positions kept free beyond the counted ones when fitting a text to the
+#: context: a text tokenised inside the template may take a token or two more
+#: than alone.
+_CONTEXT_SLACK = 4
+
+
 class _HFBackend(PromptBackend):
     """What the transformers backends share: loading, verbalizer, embedding
     statistics, pickling as a recipe, batching of (prompt, text) pairs."""
 
     _kind = None  # "causal" or "masked"
 
-    def __init__(self, model, tokenizer, *, template, verbalizer, batch_size, cache_size, device, dtype):
+    def __init__(self, model, tokenizer, *, template, verbalizer, batch_size, cache_size, device, dtype,
+                 truncation="right"):
         super().__init__(cache_size=cache_size)
         if not isinstance(cache_size, numbers.Integral) or isinstance(cache_size, bool) or cache_size < 0:
             raise ValueError(f"cache_size must be a non-negative int; got {cache_size!r}.")
+        if truncation not in TRUNCATION:
+            raise ValueError(f"truncation must be one of {list(TRUNCATION)}; got {truncation!r}.")
+        self.truncation = truncation
         self.template = template
         self.batch_size = _check_positive_int("batch_size", batch_size)
         self.verbalizer = self._check_verbalizer(verbalizer)
@@ -575,11 +589,14 @@ class _HFBackend(PromptBackend):
     def _init_runtime_state(self):
         super()._init_runtime_state()
         self._token_ids = {}
+        self._fitted_texts = {}  # text -> the text cut to the context (only texts that were cut)
+        self._context_checked = {}  # (n_prompt_tokens, text) -> True for texts known to fit
 
     def __getstate__(self):
         state = super().__getstate__()
         handle = state.pop("_handle", None)
-        state.pop("_token_ids", None)
+        for key in ("_token_ids", "_fitted_texts", "_context_checked"):
+            state.pop(key, None)
         if handle is None:  # never loaded since unpickling: pass the recipe on as is
             return state
         pickled = {}
@@ -704,6 +721,85 @@ class _HFBackend(PromptBackend):
         except TypeError:
             return False
 
+    # -- context ------------------------------------------------------------------
+    def context_length(self):
+        """int or None: positions the model can attend to
+        (``max_position_embeddings`` of its config, less RoBERTa's offset)."""
+        config = self._get_handle().model.config
+        limit = getattr(config, "max_position_embeddings", None)
+        if not limit:
+            return None
+        if config.model_type in ("roberta", "xlm-roberta", "camembert"):  # positions start after padding
+            limit -= getattr(config, "pad_token_id", 0) + 1
+        return int(limit)
+
+    def _fixed_positions(self, n_prompt_tokens):
+        """Positions an input takes besides its text's own tokens (counted
+        generously: the template without the text, the soft prompt, specials)."""
+        handle = self._get_handle()
+        template = self.template.replace("{text}", "").replace("{mask}", " ")
+        specials = len(handle.special_prefix()) + 2
+        return len(handle.encode(template)) + n_prompt_tokens + specials + _CONTEXT_SLACK
+
+    def _fit_to_context(self, texts, n_prompt_tokens):
+        """``texts`` with the overlong ones cut to the model's context, as
+        ``truncation`` says, before any scoring.
+
+        Only the text is cut, never the template (whose tail holds the
+        question the label word answers) or the soft prompt. One
+        :class:`ContextWarning` per call names how many texts were cut for the
+        first time; ``truncation="error"`` raises a :class:`BackendError`
+        instead.
+        """
+        limit = self.context_length()
+        if limit is None:
+            return list(texts)
+        unknown = [t for t in dict.fromkeys(texts)
+                   if (n_prompt_tokens, t) not in self._context_checked and t not in self._fitted_texts]
+        if unknown:
+            room = limit - self._fixed_positions(n_prompt_tokens)
+            if room < 1:
+                raise BackendError(
+                    f"the template and a soft prompt of {n_prompt_tokens} tokens leave no room for a text in "
+                    f"the {limit}-position context of {self._model_name()!r}; use fewer prompt tokens."
+                )
+            handle = self._get_handle()
+            tok = handle.tokenizer
+            with handle.tokenizer_lock:
+                enc = tok(unknown, add_special_tokens=False, return_offsets_mapping=bool(tok.is_fast))
+            cut = []
+            for i, text in enumerate(unknown):
+                ids = enc["input_ids"][i]
+                if len(ids) <= room:
+                    self._context_checked[(n_prompt_tokens, text)] = True
+                    continue
+                cut.append((text, len(ids)))
+                if self.truncation == "error":
+                    continue
+                if tok.is_fast:
+                    offsets = enc["offset_mapping"][i]
+                    short = text[:offsets[room - 1][1]] if self.truncation == "right" else text[offsets[-room][0]:]
+                else:
+                    short = tok.decode(ids[:room] if self.truncation == "right" else ids[-room:])
+                self._fitted_texts[text] = short
+            if cut:
+                longest = max(n for _, n in cut)
+                if self.truncation == "error":
+                    raise BackendError(
+                        f"{len(cut)} text(s) are too long for the {limit}-position context of "
+                        f"{self._model_name()!r} (up to {longest} tokens; {room} fit beside the template and "
+                        f"the prompt), and truncation='error'. Shorten them, or pass truncation='right' "
+                        "(keep their beginning) or 'left' (keep their end)."
+                    )
+                warnings.warn(
+                    f"{len(cut)} text(s) longer than the {room} tokens that fit in the {limit}-position context "
+                    f"of {self._model_name()!r} (up to {longest} tokens) were cut: truncation="
+                    f"{self.truncation!r} keeps their {'beginning' if self.truncation == 'right' else 'end'}; "
+                    "the template around them is kept whole.",
+                    ContextWarning, stacklevel=4,
+                )
+        return [self._fitted_texts.get(t, t) for t in texts]
+
     # -- batching helpers -------------------------------------------------------
     def _prompt_tensor(self, prompts, handle):
         return torch.from_numpy(np.ascontiguousarray(prompts, dtype=np.float32)).to(handle.device, handle.dtype)
@@ -820,6 +916,15 @@ class CausalLMBackend(_HFBackend):
         ``"cpu"``. A model object is used where it is.
     dtype : torch.dtype or str, default=None
         Only with a path: ``None`` means float32.
+    truncation : {"right", "left", "error"}, default="right"
+        What happens to a text too long for the model's context
+        (:meth:`context_length`, less the template, the soft prompt and the
+        special tokens), checked before any scoring: ``"right"`` cuts its end
+        (keeps its beginning, as most classifiers' tokenizers do), ``"left"``
+        cuts its beginning, ``"error"`` raises a :class:`BackendError`. Only
+        the text is cut, never the template around it; each call that cuts
+        texts for the first time emits one :class:`ContextWarning` saying how
+        many.
 
     Notes
     -----
@@ -873,7 +978,7 @@ class CausalLMBackend(_HFBackend):
 
     def __init__(self, model, tokenizer=None, *, template="{text}\nAnswer:", verbalizer=None,
                  prompt_position="tail", batch_size=_DEFAULT_BATCH_SIZE, cache_size=100_000,
-                 text_cache_mb=_DEFAULT_TEXT_CACHE_MB, device=None, dtype=None):
+                 text_cache_mb=_DEFAULT_TEXT_CACHE_MB, device=None, dtype=None, truncation="right"):
         _check_placeholder(template, "text")
         if prompt_position not in ("suffix", "tail", "prefix"):
             raise ValueError(f"prompt_position must be 'suffix', 'tail' or 'prefix'; got {prompt_position!r}.")
@@ -883,7 +988,7 @@ class CausalLMBackend(_HFBackend):
         self.prompt_position = prompt_position
         self.text_cache_mb = text_cache_mb
         super().__init__(model, tokenizer, template=template, verbalizer=verbalizer, batch_size=batch_size,
-                         cache_size=cache_size, device=device, dtype=dtype)
+                         cache_size=cache_size, device=device, dtype=dtype, truncation=truncation)
 
     def _validate_template(self):
         head, tail = self.template.split("{text}")
@@ -926,6 +1031,7 @@ class CausalLMBackend(_HFBackend):
     # -- scoring ------------------------------------------------------------------
     def _score(self, prompt_embeddings, texts, classes):
         token_ids = self._class_token_ids(classes)
+        texts = self._fit_to_context(texts, prompt_embeddings.shape[1])
         handle = self._get_handle()
         readout = handle.readout()
         n_prompts, n_texts = prompt_embeddings.shape[0], len(texts)
@@ -1218,6 +1324,7 @@ class CausalLMBackend(_HFBackend):
             raise BackendError("texts must be a sequence of str.")
         texts, classes = list(texts), list(classes)
         token_ids = self._class_token_ids(classes)
+        texts = self._fit_to_context(texts, prompts.shape[1])
         handle = self._get_handle()
         readout = handle.readout()
         prompts = prompts.to(handle.device, handle.dtype)
@@ -1358,6 +1465,9 @@ class MaskedLMBackend(_HFBackend):
         Size of the result cache of :class:`PromptBackend`.
     device, dtype
         As in :class:`CausalLMBackend` (only with a path).
+    truncation : {"right", "left", "error"}, default="right"
+        As in :class:`CausalLMBackend`: texts too long for the model's
+        position limit are cut (with a :class:`ContextWarning`) or refused.
 
     Notes
     -----
@@ -1368,7 +1478,7 @@ class MaskedLMBackend(_HFBackend):
     built in the tests (``tokenizers.Tokenizer`` wrapped in
     ``PreTrainedTokenizerFast`` with CLS/SEP/MASK/PAD tokens), against a naive
     full-vocabulary forward. Texts longer than the model's position limit are
-    refused with an error (no silent truncation).
+    cut as ``truncation`` says, with a warning (never silently).
 
     Pickling and cloning behave as in :class:`CausalLMBackend`.
     """
@@ -1376,11 +1486,11 @@ class MaskedLMBackend(_HFBackend):
     _kind = "masked"
 
     def __init__(self, model, tokenizer=None, *, template="{text} It was {mask}.", verbalizer=None,
-                 batch_size=_DEFAULT_BATCH_SIZE, cache_size=100_000, device=None, dtype=None):
+                 batch_size=_DEFAULT_BATCH_SIZE, cache_size=100_000, device=None, dtype=None, truncation="right"):
         _check_placeholder(template, "text")
         _check_placeholder(template, "mask")
         super().__init__(model, tokenizer, template=template, verbalizer=verbalizer, batch_size=batch_size,
-                         cache_size=cache_size, device=device, dtype=dtype)
+                         cache_size=cache_size, device=device, dtype=dtype, truncation=truncation)
 
     def _validate_template(self):
         tok = self._get_handle().tokenizer
@@ -1397,6 +1507,7 @@ class MaskedLMBackend(_HFBackend):
 
     def _score(self, prompt_embeddings, texts, classes):
         token_ids = self._class_token_ids(classes)
+        texts = self._fit_to_context(texts, prompt_embeddings.shape[1])
         handle = self._get_handle()
         readout = handle.readout()
         tok = handle.tokenizer
@@ -1487,6 +1598,7 @@ class MaskedLMBackend(_HFBackend):
             raise BackendError("texts must be a sequence of str.")
         texts, classes = list(texts), list(classes)
         token_ids = self._class_token_ids(classes)
+        texts = self._fit_to_context(texts, prompts.shape[1])
         handle = self._get_handle()
         readout = handle.readout()
         tok = handle.tokenizer
