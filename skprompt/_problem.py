@@ -71,6 +71,11 @@ class PromptProblem:
         self.budget = budget
         self.n_jobs = n_jobs
         self.progress = progress
+        # verbose fits also log one line per step (see BlackBoxPromptClassifier's verbose)
+        self.logger = None
+        self.log_name = "fit"
+        self.log_total = None
+        self._reports = 0
         self.calibration = calibration
         self.calibration_l2 = calibration_l2
         if calibration is not None and labels_only:
@@ -186,6 +191,11 @@ class PromptProblem:
         return compute_loss(self.loss_name, self.outputs(Z, split), self.y(split), sample_weight)
 
     def report(self, **info):
+        if self.logger is not None:
+            self._reports += 1
+            fields = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items())
+            self.logger.info("%s step %d/%s: %s (queries %d)", self.log_name, self._reports,
+                             self.log_total if self.log_total is not None else "?", fields, self.queries)
         if self.progress is not None:
             self.progress.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in info.items()},
                                       refresh=False)

@@ -9,6 +9,7 @@ never see learners.
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import numpy as np
@@ -34,6 +35,9 @@ from .uncertainty import decompose_uncertainty
 __all__ = ["BlackBoxPromptClassifier", "METHODS", "LABEL_METHODS"]
 
 #: Learners by ``method`` name.
+#: Progress of verbose fits (``verbose``), one line per step at INFO.
+_LOGGER = logging.getLogger("skprompt")
+
 METHODS = ("zero-shot", "bbt", "ensemble", "vi", "abc-smc", "snpe")
 #: Likelihood-free methods: they use only predicted labels and predict by votes.
 LABEL_METHODS = ("abc-smc", "snpe")
@@ -179,7 +183,12 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         Seeds the projection, the validation split and CMA-ES. The same
         value gives the same ``predict_proba``.
     verbose : int, default=0
-        ``> 0`` shows a tqdm progress bar during ``fit``.
+        ``> 0`` shows a tqdm progress bar during ``fit`` and also logs one
+        line per step (iteration, generation or round, with its losses and
+        the queries so far), plus a first and a last line, to the standard
+        ``logging`` logger ``"skprompt"`` at level INFO: e.g.
+        ``logging.basicConfig(filename="fit.log", level=logging.INFO)``
+        keeps them in a file.
 
     Attributes
     ----------
@@ -490,11 +499,20 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
             # scores, reserved so that a spent budget cannot leave them without one.
             if calibration is not None and self.method == "vi":
                 problem.reserved = self.n_prompts * problem.n_texts("train")
+            if self.verbose:
+                problem.logger, problem.log_name, problem.log_total = _LOGGER, f"method={self.method!r}", steps
+                _LOGGER.info("method=%r: fitting on %d training texts, %s, budget %s", self.method,
+                             problem.n_texts("train"), f"{steps} steps" if steps else "steps unbounded",
+                             self.budget)
             with tqdm(total=steps, desc=f"skprompt {self.method}", disable=not self.verbose,
                       leave=False) as bar:
                 problem.progress = bar
                 result = learner.fit(problem, rng)
                 problem.progress = None
+            problem.logger = None
+            if self.verbose:
+                _LOGGER.info("method=%r: done after %d steps and %d queries%s", self.method, result.n_iter,
+                             problem.queries, " (budget exhausted)" if result.budget_exhausted else "")
             problem.reserved = 0
             samples, weights, history = result.samples, result.weights, result.history
             n_iter, exhausted = result.n_iter, result.budget_exhausted

@@ -16,6 +16,7 @@ learners never see a model, this one must.
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 
@@ -34,6 +35,9 @@ from .inference.base import aggregate_outputs
 from .losses import HINGE_MARGIN, compute_loss
 
 __all__ = ["GradientPromptClassifier", "GRADIENT_LOSSES"]
+
+#: Progress of verbose fits, one line per step at INFO (as the black-box estimator).
+_LOGGER = logging.getLogger("skprompt")
 
 #: Training losses with a gradient (``"zero_one"`` has none).
 GRADIENT_LOSSES = ("ce", "hinge", "brier")
@@ -138,7 +142,9 @@ class GradientPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         mini-batch order (numpy only: torch's global generator is never
         used). The same value gives the same ``predict_proba`` (on CPU).
     verbose : int, default=0
-        ``> 0`` shows a tqdm progress bar during ``fit``.
+        ``> 0`` shows a tqdm progress bar during ``fit`` and logs one line
+        per step to the ``logging`` logger ``"skprompt"`` at level INFO (as
+        :class:`~skprompt.BlackBoxPromptClassifier` does).
 
     Attributes
     ----------
@@ -436,6 +442,10 @@ class _Trainer:
                         best, best_prompt, best_iter = val, prompt.detach().cpu().numpy().copy(), n_iter
                 bar.set_postfix({"train_loss": f"{total:.4g}", "best": f"{best:.4g}"}, refresh=False)
                 bar.update(1)
+                if est.verbose:
+                    _LOGGER.info("gradient step %d/%d: train_loss=%.4g%s best=%.4g (queries %d)", step + 1,
+                                 est.max_iter, total, f" val_loss={val_history[-1]:.4g}" if use_val else "",
+                                 best, self.n_queries)
         final = prompt.detach().cpu().numpy().copy()
         if not use_val:
             if full_batch and n_iter > 0:

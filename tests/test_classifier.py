@@ -240,6 +240,28 @@ def test_verbose_shows_a_progress_bar(toy, capsys):
     assert "skprompt ensemble" in err
 
 
+@pytest.mark.parametrize("method", ["ensemble", "abc-smc"])
+def test_verbose_logs_one_line_per_step(toy, caplog, method):
+    """verbose writes through logging too (a log file keeps it), one INFO line
+    per learner step, between a first and a last line; verbose=0 logs nothing."""
+    import logging
+
+    backend, X, y, _ = toy
+    with caplog.at_level(logging.INFO, logger="skprompt"):
+        clf = make_clf(backend, method=method, verbose=1, max_iter=3).fit(X, y)
+    lines = [r.getMessage() for r in caplog.records if r.name == "skprompt"]
+    assert all(r.levelno == logging.INFO for r in caplog.records if r.name == "skprompt")
+    steps = [m for m in lines if " step " in m]
+    assert len(steps) == clf.n_iter_ >= 1
+    assert steps[0].startswith(f"method='{method}' step 1/") and "queries" in steps[0]
+    assert lines[0].startswith(f"method='{method}': fitting on")
+    assert lines[-1].startswith(f"method='{method}': done after {clf.n_iter_} steps and ")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="skprompt"):
+        make_clf(backend, method=method, max_iter=3).fit(X, y)
+    assert not [r for r in caplog.records if r.name == "skprompt"]
+
+
 # ----------------------------------------------------- batching and budgeting
 def test_ensemble_members_share_one_backend_call_per_generation():
     backend, X, y, model = make_toy_task(n_texts=40, seed=6)

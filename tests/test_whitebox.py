@@ -239,6 +239,17 @@ def test_predictions_use_score(tiny_llama_dir):
     assert clf.labels_only_ is False
 
 
+def test_verbose_logs_one_line_per_step(tiny_llama_dir, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="skprompt"):
+        GradientPromptClassifier(causal(tiny_llama_dir), n_prompt_tokens=2, max_iter=3, verbose=1,
+                                 random_state=0).fit(X_TASK, Y_TASK)
+    steps = [r.getMessage() for r in caplog.records if r.name == "skprompt"]
+    assert [m.split(":")[0] for m in steps] == ["gradient step 1/3", "gradient step 2/3", "gradient step 3/3"]
+    assert all("train_loss=" in m and "queries" in m for m in steps)
+
+
 def test_tail_layout_starts_from_the_template(tiny_llama_dir):
     # With prompt_position="tail" the initial prompt is the template's own
     # tail embeddings (no noise): before any step the model is zero-shot.
