@@ -447,7 +447,7 @@ def expected_calibration_error(y_true, y_prob, *, n_bins=10, strategy="uniform",
 
 
 def risk_rejection_curve(is_error, uncertainty, *, n_bins=10):
-    """Risk of the most confident ``c`` share of samples, for ``c = 1/K .. 1``.
+    """Risk of the most confident ``c`` share of samples, for ``c = 1/K, 2/K, ..., 1``.
 
     Samples are ranked by ``uncertainty`` (ascending) and the ``ceil(k n / K)``
     least uncertain are kept at coverage ``k / K``, ``K = n_bins``. Ties are

@@ -14,12 +14,15 @@ The problem protocol (duck-typed)
     ``True`` when only predicted labels are available (``outputs`` then
     returns int labels of shape ``(n, n_texts)``).
 ``n_classes`` : int
+    Number of classes.
 ``loss_name`` : str
     The training loss (see :mod:`skprompt.losses`).
 ``y(split)`` -> ndarray of int
     True class indices of ``"train"`` or ``"val"``.
 ``has_split(split)`` -> bool
+    Whether the split exists (``"val"`` may not).
 ``n_texts(split)`` -> int
+    Number of texts in the split.
 ``outputs(Z, split)`` -> ndarray
     Class log-probabilities ``(n, n_texts, n_classes)`` or labels
     ``(n, n_texts)``. Raises :class:`BudgetExhausted` *before* querying if the
