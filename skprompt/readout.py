@@ -156,7 +156,9 @@ def fit_readout(log_proba, y, kind, *, l2=DEFAULT_L2, sample_weight=None, max_it
         for _ in range(30):  # backtracking, per candidate
             trial = theta - t[:, None] * step
             new_loss, new_grad, new_hess = evaluate(trial)
-            ok = new_loss <= loss - 1e-4 * t * np.einsum("np,np->n", grad, step)
+            # a converged candidate, or a loss change below rounding, must not hold the others back
+            ok = (new_loss <= loss - 1e-4 * t * np.einsum("np,np->n", grad, step) + 1e-12 * np.abs(loss)) | (
+                np.linalg.norm(grad, axis=1) < tol)
             if ok.all():
                 break
             t = np.where(ok, t, 0.5 * t)
