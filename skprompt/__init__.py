@@ -9,7 +9,7 @@ so that :class:`BlackBoxPromptClassifier` on a
 
 from ._lazy import lazy_attributes
 from .classifier import METHODS, BlackBoxPromptClassifier
-from .exceptions import BudgetWarning, PosteriorWarning
+from .exceptions import BudgetWarning, CostWarning, PosteriorWarning
 
 __version__ = "0.1.0.dev0"
 
@@ -19,6 +19,7 @@ _LAZY = {"GradientPromptClassifier": "whitebox"}
 __all__ = [
     "BlackBoxPromptClassifier",
     "BudgetWarning",
+    "CostWarning",
     "GradientPromptClassifier",
     "METHODS",
     "PosteriorWarning",

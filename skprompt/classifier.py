@@ -9,6 +9,7 @@ never see learners.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
 
@@ -22,7 +23,7 @@ from ._problem import PromptProblem
 from ._estimator import ProbaMethodsMixin, validation_split
 from ._validation import check_labels, check_param, check_texts
 from .backends.base import PromptBackend
-from .exceptions import BudgetWarning
+from .exceptions import BudgetWarning, CostWarning
 from .inference.abc_smc import ABCSMCLearner
 from .inference.base import BudgetExhausted, aggregate_outputs
 from .inference.cmaes import CMAEnsembleLearner
@@ -34,10 +35,21 @@ from .uncertainty import decompose_uncertainty
 
 __all__ = ["BlackBoxPromptClassifier", "METHODS", "LABEL_METHODS"]
 
-#: Learners by ``method`` name.
+#: An unbudgeted fit expected to make more queries than this gets a
+#: CostWarning before it starts (about 4 hours of SmolLM2-135M on 2 CPU cores
+#: at the ~130 pairs/s of docs/performance.md).
+ABSURD_QUERIES = 2_000_000
+#: Shared parameters the likelihood-free methods do not use, and what sets
+#: the same thing for them (refused when changed, never ignored silently).
+_UNUSED_BY = {
+    "abc-smc": {"popsize": "method_params['n_particles']", "max_iter": "method_params['max_rounds']"},
+    "snpe": {"popsize": "method_params['n_simulations']", "max_iter": "method_params['n_rounds']"},
+}
+
 #: Progress of verbose fits (``verbose``), one line per step at INFO.
 _LOGGER = logging.getLogger("skprompt")
 
+#: Learners by ``method`` name.
 METHODS = ("zero-shot", "bbt", "ensemble", "vi", "abc-smc", "snpe")
 #: Likelihood-free methods: they use only predicted labels and predict by votes.
 LABEL_METHODS = ("abc-smc", "snpe")
@@ -353,6 +365,18 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
             if self.n_jobs == 0:
                 raise ValueError("n_jobs must be a non-zero int or None; got 0.")
         check_param("verbose", self.verbose, "int", low=0)
+        defaults = {name: p.default for name, p in inspect.signature(type(self).__init__).parameters.items()}
+        for name, instead in _UNUSED_BY.get(self.method, {}).items():
+            if getattr(self, name) != defaults[name]:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} does not apply to method={self.method!r}; "
+                    f"set {instead} instead (or leave {name} at its default, {defaults[name]!r})."
+                )
+        if self.method in LABEL_METHODS and self.loss not in ("ce", "zero_one"):
+            raise ValueError(
+                f"loss={self.loss!r} does not apply to method={self.method!r}, which compares predicted "
+                "labels with the true ones (the 0-1 loss); leave loss at its default."
+            )
 
     def _resolve_backend(self):
         backend = self.backend
@@ -416,6 +440,19 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
             return int(self.n_prompt_tokens)
         return int(backend.default_prompt_length or 5)
 
+    def _expected_queries(self, learner, problem):
+        """Queries an unbudgeted fit makes at most (None where it depends on
+        the run, as abc-smc's rounds do)."""
+        if self.method in ("bbt", "ensemble"):
+            return learner.minimum_budget(problem) + (self.max_iter - 1) * learner._iteration_cost(
+                problem, learner.n_members)
+        if self.method == "vi":
+            return self.max_iter * learner._iteration_cost(problem)
+        if self.method == "snpe":
+            return learner.n_rounds * (learner.n_simulations * problem.n_texts("train")
+                                       + learner._selection_cost(problem))
+        return None
+
     @staticmethod
     def _n_steps(learner, default):
         for name in ("max_rounds", "n_rounds"):
@@ -469,6 +506,14 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         y_idx = np.searchsorted(classes, y)
         n_tokens = 0 if zero_shot else self._prompt_length(backend)
         dim = 0 if zero_shot else self.intrinsic_dim
+        if dim > n_tokens * backend.embedding_dim:
+            # a warning, not an error: the search still works, but spends
+            # its steps on directions the projection folds onto the others
+            warnings.warn(
+                f"intrinsic_dim={dim} exceeds the {n_tokens * backend.embedding_dim} values of the soft prompt "
+                f"({n_tokens} tokens x {backend.embedding_dim}): {dim - n_tokens * backend.embedding_dim} of "
+                "the searched directions are redundant and slow the search down; lower intrinsic_dim or raise "
+                "n_prompt_tokens.", UserWarning, stacklevel=2)
         mean, std = backend.embedding_stats()
         init = backend.initial_prompt(n_tokens) if n_tokens else None
         projection = RandomProjection(n_tokens, backend.embedding_dim, dim,
@@ -495,6 +540,12 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
                     "e.g. n_particles for abc-smc)."
                 )
             steps = self._n_steps(learner, self.max_iter)
+            expected = self._expected_queries(learner, problem)
+            if self.budget is None and expected is not None and expected > ABSURD_QUERIES:
+                warnings.warn(
+                    f"method={self.method!r} will make about {expected:,} queries with these settings "
+                    f"({len(texts)} texts; see popsize, max_iter, n_prompts and method_params), which takes "
+                    "hours on a local model; pass budget= to cap it.", CostWarning, stacklevel=2)
             # VI's kept prompts are fresh draws from q: their read-outs need their training
             # scores, reserved so that a spent budget cannot leave them without one.
             if calibration is not None and self.method == "vi":

@@ -247,8 +247,15 @@ def test_verbose_logs_one_line_per_step(toy, caplog, method):
     import logging
 
     backend, X, y, _ = toy
+
+    def build(**kw):
+        if method == "abc-smc":  # its rounds are a method param; popsize and max_iter do not apply
+            return BlackBoxPromptClassifier(backend, method=method, n_prompt_tokens=1, intrinsic_dim=6,
+                                            sigma0=1.0, method_params={"max_rounds": 3}, random_state=0, **kw)
+        return make_clf(backend, method=method, max_iter=3, **kw)
+
     with caplog.at_level(logging.INFO, logger="skprompt"):
-        clf = make_clf(backend, method=method, verbose=1, max_iter=3).fit(X, y)
+        clf = build(verbose=1).fit(X, y)
     lines = [r.getMessage() for r in caplog.records if r.name == "skprompt"]
     assert all(r.levelno == logging.INFO for r in caplog.records if r.name == "skprompt")
     steps = [m for m in lines if " step " in m]
@@ -258,7 +265,7 @@ def test_verbose_logs_one_line_per_step(toy, caplog, method):
     assert lines[-1].startswith(f"method='{method}': done after {clf.n_iter_} steps and ")
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="skprompt"):
-        make_clf(backend, method=method, max_iter=3).fit(X, y)
+        build().fit(X, y)
     assert not [r for r in caplog.records if r.name == "skprompt"]
 
 
@@ -400,3 +407,49 @@ def test_backend_initial_prompt_is_the_search_centre():
     np.testing.assert_allclose(clf.projection_(np.zeros((1, 6))), 0.25)
     plain = make_clf(FunctionBackend(model, embedding_dim=6), max_iter=2).fit(X, y)
     np.testing.assert_allclose(plain.projection_(np.zeros((1, 6))), 0.0)  # the mean embedding
+
+
+# ------------------------------------------------------- parameter checks (#13)
+def test_intrinsic_dim_larger_than_the_prompt_warns_before_any_query(toy):
+    backend, X, y, _ = toy
+    backend.reset_stats()
+    size = 1 * backend.embedding_dim
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # stop the fit at the warning
+        with pytest.raises(UserWarning, match=rf"intrinsic_dim={size + 3} exceeds the {size} values.*3 of the"):
+            make_clf(backend, n_prompt_tokens=1, intrinsic_dim=size + 3).fit(X, y)
+        assert backend.stats["requests"] == 0
+        make_clf(backend, n_prompt_tokens=1, intrinsic_dim=size, max_iter=1).fit(X, y)  # the limit itself is fine
+
+
+@pytest.mark.parametrize("method, param, value, instead", [
+    ("abc-smc", "max_iter", 50, "max_rounds"), ("abc-smc", "popsize", 20, "n_particles"),
+    ("snpe", "max_iter", 3, "n_rounds"), ("snpe", "popsize", 100, "n_simulations"),
+    ("snpe", "loss", "brier", "0-1 loss"), ("abc-smc", "loss", "hinge", "0-1 loss"),
+])
+def test_shared_parameters_the_likelihood_free_methods_ignore_are_refused(toy, method, param, value, instead):
+    """On the previous main these were silently ignored."""
+    backend, X, y, _ = toy
+    clf = BlackBoxPromptClassifier(backend, method=method, **{param: value})
+    with pytest.raises(ValueError, match=rf"{param}={value!r} does not apply to method='{method}'.*{instead}"):
+        clf.fit(X, y)
+    # what they do use: n_prompts (kept prompts) and sigma0 (the prior) are mapped
+    learner = BlackBoxPromptClassifier(backend, method=method, n_prompts=20, sigma0=0.5)._make_learner()
+    assert learner.prior_variance == 0.25
+    assert (learner.n_samples if method == "snpe" else learner.n_particles) == 20
+
+
+def test_an_absurdly_long_unbudgeted_fit_warns_before_any_query(toy):
+    from skprompt import CostWarning
+
+    backend, X, y, _ = toy
+    backend.reset_stats()
+    clf = make_clf(backend, method="ensemble", n_prompts=50, popsize=200, max_iter=1000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CostWarning)  # stop the fit at the warning
+        with pytest.raises(CostWarning, match=r"about [\d,]+ queries .*pass budget="):
+            clf.fit(X, y)
+    assert backend.stats["requests"] == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CostWarning)
+        make_clf(backend, max_iter=1).fit(X, y)  # the usual settings do not warn
