@@ -10,6 +10,7 @@ so that :class:`BlackBoxPromptClassifier` on a
 from ._lazy import lazy_attributes
 from .classifier import METHODS, BlackBoxPromptClassifier
 from .exceptions import BudgetWarning, CostWarning, PosteriorWarning
+from .persistence import skops_trusted_types
 
 __version__ = "0.1.0.dev0"
 
@@ -24,6 +25,7 @@ __all__ = [
     "METHODS",
     "PosteriorWarning",
     "__version__",
+    "skops_trusted_types",
 ]
 
 __getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY, __all__)

@@ -57,3 +57,9 @@ def make_toy_task(n_texts=60, n_classes=2, n_features=3, seed=0, labels_only=Fal
     y_idx = (phi @ w_true.T).argmax(axis=1)
     names = np.asarray(label_names if label_names is not None else [f"class_{c}" for c in range(n_classes)])
     return backend, texts, names[y_idx], model
+
+
+def linear_toy_scores(prompts, texts):
+    """``LinearToyModel()`` (2 classes, 3 features) as a module-level function:
+    what a FunctionBackend saves by reference (pickle, skops)."""
+    return LinearToyModel()(prompts, texts)
