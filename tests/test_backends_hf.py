@@ -559,7 +559,7 @@ def test_classifier_fits_with_causal_backend(tiny_llama_dir):
     proba = clf.fit(X, y).predict_proba(TEXTS)
     assert proba.shape == (len(TEXTS), 2)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0)
-    assert clone(clf).backend is backend
+    assert clone(clf).backend is not backend and clone(clf).backend.model is backend.model
     restored = pickle.loads(pickle.dumps(clf))
     np.testing.assert_allclose(restored.predict_proba(TEXTS), proba, atol=1e-9)
 
@@ -620,3 +620,66 @@ def test_masked_lm_cuts_overlong_texts_instead_of_failing(tiny_bert_dir):
     with pytest.warns(ContextWarning, match="64-position context"):
         scores = backend.score(prompts, [LONG], CLASSES)
     assert np.all(np.isfinite(scores))
+
+
+# ------------------------------------------------------- parameters (#13, item 8)
+def test_get_params_clone_and_set_params(tiny_llama_dir):
+    from sklearn.base import clone
+
+    backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, truncation="left")
+    params = backend.get_params()
+    assert params["model"] == tiny_llama_dir and params["template"] == CAUSAL_TEMPLATE
+    assert params["verbalizer"] == VERBALIZER and params["truncation"] == "left"
+    assert set(params) == {"model", "tokenizer", "template", "verbalizer", "prompt_position", "batch_size",
+                           "cache_size", "text_cache_mb", "device", "dtype", "truncation"}
+    prompts = random_prompts(backend, 2, 2)
+    scores = backend.score(prompts, TEXTS, CLASSES)
+
+    twin = clone(backend)
+    assert twin is not backend and twin.model is backend.model  # weights shared via the registry
+    assert twin.get_params() == params
+    np.testing.assert_array_equal(twin.score(prompts, TEXTS, CLASSES), scores)
+
+    other = "Text: {text}\nVerdict:"
+    assert twin.set_params(template=other) is twin
+    assert twin.template == other and backend.template == CAUSAL_TEMPLATE  # the original is untouched
+    assert twin.stats["pairs"] == 0  # rebuilt: caches from the old template are gone
+    assert not np.allclose(twin.score(prompts, TEXTS, CLASSES), scores)
+    with pytest.raises(ValueError, match=r"Invalid parameter\(s\) \['templat'\]"):
+        twin.set_params(templat="x {text}")
+    with pytest.raises(ValueError, match="truncation"):
+        twin.set_params(truncation="middle")
+    assert twin.template == other and twin.truncation == "left"  # a refused change leaves it as it was
+    restored = pickle.loads(pickle.dumps(twin))
+    assert restored.get_params() == twin.get_params()
+
+    # clones and rebuilt backends share the texts' key/value caches: no text is encoded again
+    swapped = clone(backend).set_params(verbalizer={"fresh": "negative", "rotten": "positive"})
+    swapped.score(prompts, TEXTS, CLASSES)
+    info = swapped.text_cache_info()
+    assert info["head_forwards"] == 0 and info["hits"] == len(set(TEXTS)) and info["entries"] > 0
+
+    from_object = CausalLMBackend(backend.model, backend.tokenizer, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER)
+    assert from_object.get_params()["model"] is backend.model and from_object.get_params()["device"] is None
+    assert clone(from_object).model is backend.model
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_grid_search_tunes_the_template_and_verbalizer(tiny_llama_dir, n_jobs):
+    from sklearn.model_selection import GridSearchCV
+
+    from skprompt import BlackBoxPromptClassifier
+
+    backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER)
+    clf = BlackBoxPromptClassifier(backend, method="zero-shot", random_state=0)
+    grid = {"backend__template": [CAUSAL_TEMPLATE, "Text: {text}\nVerdict:"],
+            "backend__verbalizer": [VERBALIZER, {"fresh": "negative", "rotten": "positive"}]}
+    X = TEXTS * 4
+    y = np.array(["fresh", "rotten"] * (len(X) // 2))
+    search = GridSearchCV(clf, grid, cv=2, scoring="neg_log_loss", n_jobs=n_jobs).fit(X, y)
+    assert len(search.cv_results_["params"]) == 4
+    assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
+    # the candidates really differ, and the best one is refitted with its settings
+    assert len(set(np.round(search.cv_results_["mean_test_score"], 12))) > 1
+    assert search.best_estimator_.backend.template == search.best_params_["backend__template"]
+    assert backend.template == CAUSAL_TEMPLATE and backend.verbalizer == VERBALIZER  # untouched

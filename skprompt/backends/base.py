@@ -66,9 +66,11 @@ class PromptBackend:
     The estimator keeps its own count of the pairs it *asked for*
     (``n_queries_``), which does not depend on what happened to be cached.
 
-    A backend is not fitted state: ``copy.deepcopy`` (and so
-    :func:`sklearn.base.clone`) returns the backend itself, and the cache and
-    counters are not pickled.
+    A backend is not fitted state: ``copy.deepcopy`` (and so, for backends
+    without parameters, :func:`sklearn.base.clone`) returns the backend
+    itself, and the cache and counters are not pickled. The transformers
+    backends have parameters (``get_params`` / ``set_params``) and clone into
+    a new backend that shares the loaded weights.
     """
 
     #: ``True`` for APIs that only return the predicted label.

@@ -490,6 +490,7 @@ class _HFBackend(PromptBackend):
         self._object_key = None
         self._pickled = {}
         self._tokenizer_in_pickle = False
+        self._model_given_as_path = isinstance(model, (str, os.PathLike))
         if isinstance(model, (str, os.PathLike)):
             self.model_path = os.fspath(model)
             if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
@@ -506,6 +507,79 @@ class _HFBackend(PromptBackend):
         # Resolve the verbalizer now so that a bad one fails at construction.
         if self.verbalizer is not None:
             self._class_token_ids(list(self.verbalizer))
+
+    # -- parameters (scikit-learn's protocol) ----------------------------------
+    @classmethod
+    def _param_names(cls):
+        return [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+
+    def get_params(self, deep=True):
+        """The construction arguments, as scikit-learn's ``get_params``.
+
+        With them a backend is tunable like an estimator's parameter:
+        ``GridSearchCV(clf, {"backend__template": [...]})``. ``model`` and
+        ``tokenizer`` are the paths the backend was built from, or the
+        objects it was given; ``deep`` is accepted for scikit-learn and has
+        no effect (a backend holds no estimators).
+
+        Returns
+        -------
+        dict
+        """
+        handle_objects = not getattr(self, "_model_given_as_path", True)
+        params = {}
+        for name in self._param_names():
+            if name == "model":
+                params[name] = self._get_handle().model if handle_objects else self.model_path
+            elif name == "tokenizer":
+                params[name] = self._get_handle().tokenizer if handle_objects else self.tokenizer_path
+            elif name in ("device", "dtype") and handle_objects:
+                params[name] = None  # they apply only to a path (see the class docstring)
+            else:
+                params[name] = getattr(self, name)
+        return params
+
+    def set_params(self, **params):
+        """Set construction arguments, as scikit-learn's ``set_params``.
+
+        The backend is rebuilt from the new arguments (checked as the
+        constructor checks them; on an error the backend is left as it was):
+        the weights come from the per-process model registry, so nothing is
+        reloaded; the result cache, which holds answers under the old
+        settings, starts empty, while the texts' key/value caches (which
+        depend only on the model and the text) are kept.
+
+        Returns
+        -------
+        self
+        """
+        current = self.get_params()
+        unknown = sorted(set(params) - set(current))
+        if unknown:
+            raise ValueError(
+                f"Invalid parameter(s) {unknown} for {type(self).__name__}; valid parameters: {sorted(current)}."
+            )
+        current.update(params)
+        rebuilt = type(self)(**current)  # validated before anything of self changes
+        if hasattr(rebuilt, "_share_runtime_with"):
+            rebuilt._share_runtime_with(self)
+        self.__dict__.clear()
+        self.__dict__.update(rebuilt.__dict__)
+        return self
+
+    def __sklearn_clone__(self):
+        # sklearn.base.clone: a new backend from the same arguments. It shares
+        # the loaded weights (the per-process registry, or the same model
+        # object) and the texts' key/value caches, not the result cache, so
+        # that set_params on the clone (as GridSearchCV does) never changes
+        # the original's answers.
+        params = self.get_params()
+        if params["verbalizer"] is not None:
+            params["verbalizer"] = dict(params["verbalizer"])
+        clone = type(self)(**params)
+        if hasattr(clone, "_share_runtime_with"):
+            clone._share_runtime_with(self)
+        return clone
 
     # -- construction helpers ---------------------------------------------------
     @staticmethod
@@ -952,8 +1026,14 @@ class CausalLMBackend(_HFBackend):
     for the eager and SDPA attention implementations, not for
     flash-attention-2 (use ``prompt_position="prefix"`` there).
 
-    Pickling and cloning: ``copy.deepcopy`` (and so ``sklearn.base.clone``)
-    returns the backend itself. ``pickle`` stores the recipe (model path,
+    Parameters and cloning: :meth:`get_params` / :meth:`set_params` expose
+    the construction arguments, so ``GridSearchCV(clf, {"backend__template":
+    [...], "backend__verbalizer": [...]})`` tunes them (n_jobs=1 or more).
+    ``sklearn.base.clone`` builds a new backend from the same arguments; it
+    shares the loaded weights through the per-process registry (or the same
+    model object) and the texts' key/value caches, and starts with an empty
+    result cache. ``copy.deepcopy`` returns
+    the backend itself. ``pickle`` stores the recipe (model path,
     template, verbalizer, options) and the weights are reloaded lazily, on
     first use, from a per-process registry keyed by the path: unpickling in
     the same process reuses the loaded model, and each joblib worker loads it
@@ -997,14 +1077,36 @@ class CausalLMBackend(_HFBackend):
     # -- runtime state ------------------------------------------------------------
     def _init_runtime_state(self):
         super()._init_runtime_state()
-        self._text_cache = OrderedDict()  # head string -> _TextEntry
-        self._text_cache_bytes = 0
+        self._text_store = _TextStore()
         self._text_stats = {"hits": 0, "misses": 0, "head_forwards": 0, "forwards": 0}
         self._tail_ids = None
 
+    # The per-text key/value caches live in a store that clones and rebuilt
+    # backends on the same loaded model share (see _share_runtime_with), so
+    # that a grid search over templates or labels encodes each text once.
+    @property
+    def _text_cache(self):
+        return self._text_store.entries  # head string -> _TextEntry
+
+    @property
+    def _text_cache_bytes(self):
+        return self._text_store.nbytes
+
+    @_text_cache_bytes.setter
+    def _text_cache_bytes(self, value):
+        self._text_store.nbytes = value
+
+    def _share_runtime_with(self, other):
+        """Use ``other``'s text store (and its lock, which guards the store)
+        when both run the same loaded model: a text's key/value cache depends
+        only on the model and the text's head string."""
+        if other._get_handle() is self._get_handle():
+            self._text_store = other._text_store
+            self._lock = other._lock
+
     def __getstate__(self):
         state = super().__getstate__()
-        for key in ("_text_cache", "_text_cache_bytes", "_text_stats", "_tail_ids"):
+        for key in ("_text_store", "_text_stats", "_tail_ids"):
             state.pop(key, None)
         return state
 
@@ -1401,6 +1503,15 @@ class CausalLMBackend(_HFBackend):
     def __repr__(self):
         return (f"CausalLMBackend({self._model_name()!r}, template={self.template!r}, "
                 f"prompt_position={self.prompt_position!r})")
+
+
+class _TextStore:
+    """The LRU of per-text key/value caches (head string -> :class:`_TextEntry`)
+    and its size in bytes, shareable between backends on one model."""
+
+    def __init__(self):
+        self.entries = OrderedDict()
+        self.nbytes = 0
 
 
 class _TextEntry:
