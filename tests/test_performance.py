@@ -75,3 +75,40 @@ def test_scoring_benchmark_reports_the_hardware_fractions(bench_scoring, tiny_ll
                      printed), printed
     assert re.search(r"first call: +[\d.]+ GFLOP/s = \d+% of the same-shape GEMM rate", printed), printed
     assert "parity" not in printed
+
+
+# ------------------------------------------------------------- fit cost
+def test_fit_cost_least_squares_recovers_a_linear_cost(tiny_llama_dir):
+    bench = _load("bench_fit_cost")
+    pairs = np.array([100, 300, 200, 600, 400, 800])
+    texts = np.array([10, 10, 20, 20, 40, 40])
+    seconds = 2.0 + 0.012 * pairs + 0.029 * texts
+    coef, r2, pred = bench.linear_fit(pairs, texts, seconds)
+    np.testing.assert_allclose(coef, [2.0, 0.012, 0.029], rtol=1e-8)
+    assert r2 == pytest.approx(1.0) and np.allclose(pred, seconds)
+
+
+def test_fit_cost_benchmark_runs_at_a_tiny_size(tiny_llama_dir, capsys):
+    from conftest import CAUSAL_TEMPLATE, VERBALIZER
+
+    from skprompt.backends import CausalLMBackend
+
+    bench = _load("bench_fit_cost")
+    texts = [f"{t} (take {k})" for k in range(4) for t in TEXTS]
+    labels = np.array(["fresh", "fresh", "rotten", "rotten"] * 4)
+    made = []
+
+    def make_backend():
+        made.append(CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER))
+        return made[-1]
+
+    out = bench.main(["--texts", "8,16", "--iters", "1,2", "--popsize", "4"], make_backend=make_backend,
+                     data=(texts, labels))
+    rows = out["rows"]
+    assert [(r["texts"], r["iters"]) for r in rows] == [(8, 1), (8, 2), (16, 1), (16, 2)]
+    assert len(made) == 5 and len({id(b) for b in made}) == 5  # warm-up + a fresh backend per fit
+    for r in rows:  # the pairs really scored by the model, at most the pairs asked for
+        assert 0 < r["pairs"] <= r["queries"] and r["cpu"] > 0
+    assert rows[1]["pairs"] > rows[0]["pairs"] and rows[3]["pairs"] > rows[2]["pairs"]
+    printed = capsys.readouterr().out
+    assert re.search(r"CPU s = -?[\d.]+ \+ -?[\d.]+ ms x pairs \+ -?[\d.]+ ms x texts \(R\^2 = ", printed), printed
