@@ -7,13 +7,27 @@ sklearn classifier with probabilities has, written once.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 from sklearn.utils.validation import check_is_fitted
 
-__all__ = ["ProbaMethodsMixin", "validation_split"]
+__all__ = ["ProbaMethodsMixin", "validation_split", "streaming"]
+
+
+def streaming(backend):
+    """The backend's ``stream_texts()`` context, or a context that does nothing.
+
+    Prediction scores new texts once each: a backend that caches per-text
+    work for fitting (the transformers backends' key/value caches) offers
+    ``stream_texts()`` so that those texts pass through without filling the
+    cache that serves fitting. Backends without it (``FunctionBackend``,
+    user backends) are called as always.
+    """
+    stream = getattr(backend, "stream_texts", None)
+    return stream() if callable(stream) else contextlib.nullcontext()
 
 
 def validation_split(texts, y_idx, fraction, rng):

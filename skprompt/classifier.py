@@ -20,7 +20,7 @@ from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from ._problem import PromptProblem
-from ._estimator import ProbaMethodsMixin, validation_split
+from ._estimator import ProbaMethodsMixin, streaming, validation_split
 from ._validation import check_labels, check_param, check_texts
 from .backends.base import PromptBackend
 from .exceptions import BudgetWarning, CostWarning
@@ -635,7 +635,8 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         texts = check_texts(X)
         problem = PromptProblem(self.backend_, self.projection_, self.classes_, {}, "zero_one",
                                 self.labels_only_, n_jobs=self.n_jobs)
-        outputs = problem.query(self.prompt_embeddings_, texts)
+        with streaming(self.backend_):  # new texts: do not fill the fit's text cache
+            outputs = problem.query(self.prompt_embeddings_, texts)
         if self.offsets_ is not None:
             outputs = apply_readout(outputs, self.offsets_, self.scales_)
         return outputs

@@ -561,7 +561,80 @@ def test_classifier_fits_with_causal_backend(tiny_llama_dir):
     np.testing.assert_allclose(proba.sum(axis=1), 1.0)
     assert clone(clf).backend is not backend and clone(clf).backend.model is backend.model
     restored = pickle.loads(pickle.dumps(clf))
-    np.testing.assert_allclose(restored.predict_proba(TEXTS), proba, atol=1e-9)
+    # (the original predicts from the fit's cached texts, the restored copy streams them with
+    # one full forward each: the same numbers up to float rounding)
+    np.testing.assert_allclose(restored.predict_proba(TEXTS), proba, atol=1e-6)
+
+
+# ------------------------------------------------ streaming prediction (#12, item 4)
+NEW_TEXTS = ["What a joy.", "Tedious and smug, a waste of two hours.", "Clever, warm and very funny.",
+             "I fell asleep.", "The best film of the year, by far, and the most moving."]
+
+
+@pytest.mark.parametrize("position", ["tail", "suffix"])
+@pytest.mark.parametrize("n_prompts", [1, 3])  # one prompt: a full forward per new text
+def test_stream_texts_scores_without_touching_the_text_cache(tiny_llama_dir, position, n_prompts):
+    kw = dict(template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0, prompt_position=position)
+    backend = CausalLMBackend(tiny_llama_dir, batch_size=2, **kw)  # several micro-batches
+    reference = CausalLMBackend(tiny_llama_dir, text_cache_mb=0, **kw)
+    train = TEXTS[:3]
+    backend.score(random_prompts(backend, 2, 2, seed=7), train, CLASSES)  # "fitting": fills the cache
+    before = list(backend._text_cache.items())
+    assert sorted(h for h, _ in before) == sorted(CAUSAL_TEMPLATE.split("{text}")[0] + t for t in train)
+    info = backend.text_cache_info()
+
+    prompts = random_prompts(backend, n_prompts, 2, seed=8)
+    texts = NEW_TEXTS + [train[0]] + NEW_TEXTS[:1]  # new texts, a training text (cached), a duplicate
+    with backend.stream_texts() as same:
+        assert same is backend
+        streamed = backend.score(prompts, texts, CLASSES)
+    expected = reference.score(prompts, texts, CLASSES)
+    assert_nontrivial(expected)
+    np.testing.assert_allclose(streamed, expected, atol=TOL)
+    # the training texts' cache is untouched: same entries (the very objects), same LRU order, same size
+    assert list(backend._text_cache.items()) == before
+    assert all(a is b for (_, a), (_, b) in zip(backend._text_cache.items(), before))
+    after = backend.text_cache_info()
+    assert after["entries"] == info["entries"] and after["size_mb"] == info["size_mb"]
+    assert after["hits"] == info["hits"] + 1 and after["misses"] == info["misses"] + len(NEW_TEXTS)
+    if n_prompts == 1:  # no cache built for a text used once
+        assert after["head_forwards"] == info["head_forwards"]
+    else:
+        assert after["head_forwards"] > info["head_forwards"]
+    # outside the context the backend caches again
+    backend.score(prompts, NEW_TEXTS[:2], CLASSES)
+    assert backend.text_cache_info()["entries"] == info["entries"] + 2
+    assert backend._streaming == 0
+
+
+def test_stream_texts_one_prompt_matches_the_naive_forward(tiny_llama_dir):
+    backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0,
+                              prompt_position="suffix")
+    prompts = random_prompts(backend, 1, 3, seed=9)
+    with backend.stream_texts():
+        scores = backend.score(prompts, TEXTS, CLASSES)
+    ref = naive_causal(backend.model, backend.tokenizer, prompts, TEXTS, CAUSAL_TEMPLATE, ["positive", "negative"])
+    np.testing.assert_allclose(scores, ref, atol=TOL)
+    assert backend.text_cache_info()["entries"] == 0
+
+
+def test_predict_proba_streams_new_texts(tiny_llama_dir, monkeypatch):
+    from skprompt import BlackBoxPromptClassifier
+
+    backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER)
+    X = TEXTS * 3
+    y = np.array(["fresh", "rotten"] * 6)
+    clf = BlackBoxPromptClassifier(backend, method="ensemble", n_prompts=2, n_prompt_tokens=2, intrinsic_dim=4,
+                                   popsize=4, max_iter=1, validation_fraction=None, random_state=0).fit(X, y)
+    cached = list(clf.backend_._text_cache.items())
+    assert len(cached) == len(TEXTS)
+    proba = clf.predict_proba(NEW_TEXTS)
+    assert list(clf.backend_._text_cache.items()) == cached  # the fit's text cache is untouched
+    # the same probabilities as the old path, which fills the cache
+    monkeypatch.setattr(CausalLMBackend, "stream_texts", None)
+    clf.backend_.clear_cache()
+    np.testing.assert_allclose(clf.predict_proba(NEW_TEXTS), proba, atol=1e-6)
+    assert len(clf.backend_._text_cache) == len(TEXTS) + len(NEW_TEXTS)
 
 
 # ------------------------------------------------------------------ context

@@ -20,6 +20,7 @@ worker process and never copy them.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import numbers
 import os
@@ -665,11 +666,46 @@ class _HFBackend(PromptBackend):
         self._token_ids = {}
         self._fitted_texts = {}  # text -> the text cut to the context (only texts that were cut)
         self._context_checked = {}  # (n_prompt_tokens, text) -> True for texts known to fit
+        self._streaming = 0  # > 0 inside stream_texts(): new texts are not kept
+
+    @contextlib.contextmanager
+    def stream_texts(self):
+        """Context in which scoring does not keep the texts it encodes.
+
+        The estimators enter it around ``predict_proba`` (and everything built
+        on it), where the texts are new and seen once: each micro-batch of
+        texts not already in the per-text key/value cache is encoded, serves
+        every prompt of the call and is dropped, so that memory stays bounded
+        by about ``batch_size`` texts whatever the number of texts, and the
+        cache that serves fitting (the training texts' keys and values, and
+        their LRU order) is left untouched. Texts already cached are used as
+        they are. With ``prompt_position="tail"`` or ``"suffix"`` and a single
+        prompt, a text that is not cached is scored by one full forward of
+        its whole input (cheaper than building a cache used once); the scores
+        are the same up to float rounding. Outside the context nothing
+        changes. Re-entrant; it applies to this backend object (a clone has
+        its own), whatever thread scores.
+
+        Backends without this method are scored as usual: it is an optional
+        addition to the black-box protocol, looked up by the estimators with
+        ``getattr``.
+
+        Yields
+        ------
+        self
+        """
+        with self._lock:
+            self._streaming += 1
+        try:
+            yield self
+        finally:
+            with self._lock:
+                self._streaming -= 1
 
     def __getstate__(self):
         state = super().__getstate__()
         handle = state.pop("_handle", None)
-        for key in ("_token_ids", "_fitted_texts", "_context_checked"):
+        for key in ("_token_ids", "_fitted_texts", "_context_checked", "_streaming"):
             state.pop(key, None)
         if handle is None:  # never loaded since unpickling: pass the recipe on as is
             return state
@@ -1211,6 +1247,19 @@ class CausalLMBackend(_HFBackend):
             raise BackendError("Nothing to score: an empty text, a template that ends with '{text}' "
                                "and no soft prompt give an empty input.")
         order = sorted(columns, key=lambda h: lengths[h])
+        keep = self._streaming <= 0  # inside stream_texts(): use the cache, add nothing to it
+        if not keep and n_prompts == 1:
+            # One prompt: a cache would serve one pair only. Texts not cached
+            # get one full forward of their whole input instead.
+            with self._lock:
+                fresh = [h for h in order if h not in self._text_cache]
+            if fresh:
+                unknown = [h for h in fresh if h not in token_cache]
+                if unknown:  # evicted since this call looked: tokenise
+                    token_cache.update(zip(unknown, self._head_ids(handle, unknown)))
+                self._score_full(handle, readout, suffix[0], fresh, token_cache, token_ids, columns, out)
+                fresh = set(fresh)
+                order = [h for h in order if h not in fresh]
 
         # Stream the (text, prompt) pairs text-major. Texts' key/value caches
         # are fetched (or encoded, batch_size texts per forward) just ahead of
@@ -1230,7 +1279,7 @@ class CausalLMBackend(_HFBackend):
         for position, head in enumerate(order):
             if head not in live:
                 chunk = order[max(position, next_fetch): position + self.batch_size]
-                live.update(self._text_entries(handle, chunk, token_cache))
+                live.update(self._text_entries(handle, chunk, token_cache, store=keep))
                 next_fetch = position + len(chunk)
             for p in range(n_prompts):
                 batch.append((head, p))
@@ -1284,8 +1333,12 @@ class CausalLMBackend(_HFBackend):
         prefix = handle.special_prefix()
         return [prefix + ids for ids in handle.encode_batch(heads)]
 
-    def _text_entries(self, handle, heads, token_cache):
-        """Per-text key/value caches of ``heads`` (strings), from the LRU or encoded."""
+    def _text_entries(self, handle, heads, token_cache, store=True):
+        """Per-text key/value caches of ``heads`` (strings), from the LRU or encoded.
+
+        ``store=False`` (streaming): the encoded texts are not added to the
+        LRU and the cached ones keep their place in it.
+        """
         found, missing = {}, []
         with self._lock:
             for head in heads:
@@ -1293,7 +1346,8 @@ class CausalLMBackend(_HFBackend):
                 if entry is None:
                     missing.append(head)
                 else:
-                    self._text_cache.move_to_end(head)
+                    if store:
+                        self._text_cache.move_to_end(head)
                     found[head] = entry
         if missing:
             unknown = [h for h in missing if h not in token_cache]
@@ -1301,6 +1355,8 @@ class CausalLMBackend(_HFBackend):
                 token_cache.update(zip(unknown, self._head_ids(handle, unknown)))
             computed = self._encode_heads(handle, {h: token_cache[h] for h in missing})
             found.update(computed)
+            if not store:
+                return found
             limit = float(self.text_cache_mb) * 2**20
             with self._lock:
                 for head, entry in computed.items():
@@ -1351,6 +1407,36 @@ class CausalLMBackend(_HFBackend):
             with self._lock:
                 self._text_stats["head_forwards"] += 1
         return result
+
+    def _score_full(self, handle, readout, suffix, heads, head_ids, token_ids, columns, out):
+        """One prompt on texts that are not cached: a full forward of
+        ``[head | suffix]`` per text, right-padded (a causal model never looks
+        at the padding after the readout position), texts in length buckets
+        of at most ``batch_size``. Writes ``out[0, columns[head]]``."""
+        n_suffix = suffix.shape[0]
+        device = handle.device
+        for batch in _length_buckets(heads, lambda h: len(head_ids[h]), self.batch_size):
+            n_head = [len(head_ids[h]) for h in batch]
+            width = max(n_head) + n_suffix
+            ids = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, head in enumerate(batch):
+                ids[row, : n_head[row]] = torch.as_tensor(head_ids[head], dtype=torch.long)
+            x = handle.embed(ids.to(device))
+            for row, n in enumerate(n_head):
+                x[row, n: n + n_suffix] = suffix
+            last = torch.as_tensor([n + n_suffix - 1 for n in n_head], device=device)
+            rows = torch.arange(len(batch), device=device)
+            with self._lock:
+                self._text_stats["forwards"] += 1
+            if readout.fast:
+                hidden = handle.base(inputs_embeds=x, use_cache=False).last_hidden_state[rows, last]
+                scores = readout.logits(hidden, token_ids)
+            else:
+                logits = handle.model(inputs_embeds=x, use_cache=False).logits[rows, last]
+                scores = logits.index_select(-1, torch.as_tensor(token_ids, device=device)).float()
+            scores = scores.cpu().numpy()
+            for row, head in enumerate(batch):
+                out[0, columns[head]] = scores[row]
 
     # ---- prefix layout: full forward
     def _score_prefix(self, handle, readout, prompts, texts, token_ids, out):
