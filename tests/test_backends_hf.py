@@ -637,6 +637,55 @@ def test_predict_proba_streams_new_texts(tiny_llama_dir, monkeypatch):
     assert len(clf.backend_._text_cache) == len(TEXTS) + len(NEW_TEXTS)
 
 
+# ------------------------------------------------------------ threads (#12, item 5)
+@pytest.mark.parametrize("kind", ["causal", "masked"])
+def test_num_threads_is_applied_during_scoring_and_restored(tiny_llama_dir, tiny_bert_dir, kind):
+    from sklearn.base import clone
+
+    if kind == "causal":
+        backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0,
+                                  num_threads=1)
+    else:
+        backend = MaskedLMBackend(tiny_bert_dir, verbalizer=VERBALIZER, cache_size=0, num_threads=1)
+    seen = []
+    hook = backend.model.base_model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        prompts = random_prompts(backend, 2, 2)
+        scores = backend.score(prompts, TEXTS, CLASSES)
+        assert seen and set(seen) == {1}  # every forward ran with the backend's setting
+        assert torch.get_num_threads() == 2  # ... and the process's setting is back
+        assert backend.effective_num_threads() == 1 and backend.get_params()["num_threads"] == 1
+        twin = clone(backend)
+        assert twin.num_threads == 1
+        seen.clear()
+        twin.set_params(num_threads=2)
+        torch.set_num_threads(1)
+        np.testing.assert_allclose(twin.score(prompts, TEXTS, CLASSES), scores, atol=1e-5)
+        assert set(seen) == {2} and torch.get_num_threads() == 1
+    finally:
+        hook.remove()
+        torch.set_num_threads(before)
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="num_threads must be None or a positive int"):
+            type(backend)(backend.model_path, verbalizer=VERBALIZER, num_threads=bad)
+
+
+def test_default_num_threads_follows_omp_num_threads_then_affinity(tiny_llama_dir, monkeypatch):
+    import os
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what joblib's loky workers get with n_jobs = cpu count
+    assert hf.default_num_threads() == 1
+    backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER)
+    assert backend.num_threads is None and backend.effective_num_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", str(cpus + 8))  # never more than the CPUs we may use
+    assert hf.default_num_threads() == cpus
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert hf.default_num_threads() == cpus == backend.effective_num_threads()
+
+
 # ------------------------------------------------------------------ context
 LONG = " ".join(["the film was a long and winding road"] * 60)  # far past the tiny models' 256 positions
 
@@ -704,7 +753,7 @@ def test_get_params_clone_and_set_params(tiny_llama_dir):
     assert params["model"] == tiny_llama_dir and params["template"] == CAUSAL_TEMPLATE
     assert params["verbalizer"] == VERBALIZER and params["truncation"] == "left"
     assert set(params) == {"model", "tokenizer", "template", "verbalizer", "prompt_position", "batch_size",
-                           "cache_size", "text_cache_mb", "device", "dtype", "truncation"}
+                           "cache_size", "text_cache_mb", "device", "dtype", "truncation", "num_threads"}
     prompts = random_prompts(backend, 2, 2)
     scores = backend.score(prompts, TEXTS, CLASSES)
 

@@ -21,6 +21,7 @@ worker process and never copy them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import numbers
 import os
@@ -462,6 +463,76 @@ def _check_placeholder(template, name):
         )
 
 
+def _check_num_threads(value):
+    if value is None:
+        return None
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"num_threads must be None or a positive int; got {value!r}.")
+    return int(value)
+
+
+def _available_cpus():
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        try:
+            return max(len(os.sched_getaffinity(0)), 1)
+        except OSError:
+            pass
+    return max(os.cpu_count() or 1, 1)
+
+
+def default_num_threads():
+    """The torch thread count of ``num_threads=None``.
+
+    ``OMP_NUM_THREADS`` when it is set to a positive int (by the user, or by
+    joblib's loky backend, which starts each worker of ``GridSearchCV(n_jobs=k)``
+    or ``cross_val_score(n_jobs=k)`` with ``cpu_count // k`` threads), else
+    the number of CPUs this process may run on (its CPU affinity), never more.
+
+    Returns
+    -------
+    int
+    """
+    cpus = _available_cpus()
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return min(int(env), cpus)
+    return cpus
+
+
+# torch's intra-op thread count is global to the process: the backends set it
+# for the duration of their scoring calls and put it back after the last
+# concurrent call ends.
+_THREADS_LOCK = threading.Lock()
+_THREADS_STATE = {"active": 0, "saved": None}
+
+
+@contextlib.contextmanager
+def _torch_threads(n):
+    with _THREADS_LOCK:
+        if _THREADS_STATE["active"] == 0:
+            _THREADS_STATE["saved"] = torch.get_num_threads()
+            if n != _THREADS_STATE["saved"]:
+                torch.set_num_threads(n)
+        _THREADS_STATE["active"] += 1
+    try:
+        yield
+    finally:
+        with _THREADS_LOCK:
+            _THREADS_STATE["active"] -= 1
+            if _THREADS_STATE["active"] == 0 and torch.get_num_threads() != _THREADS_STATE["saved"]:
+                torch.set_num_threads(_THREADS_STATE["saved"])
+
+
+def _with_threads(method):
+    """Run a scoring method with torch's threads set as the backend says (``_threads``)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._threads():
+            return method(self, *args, **kwargs)
+    return wrapper
+
+
 #: What the transformers backends do with a text too long for the model's
 #: context (the ``truncation`` parameter).
 TRUNCATION = ("right", "left", "error")
@@ -478,8 +549,9 @@ class _HFBackend(PromptBackend):
     _kind = None  # "causal" or "masked"
 
     def __init__(self, model, tokenizer, *, template, verbalizer, batch_size, cache_size, device, dtype,
-                 truncation="right"):
+                 truncation="right", num_threads=None):
         super().__init__(cache_size=cache_size)
+        self.num_threads = _check_num_threads(num_threads)
         if not isinstance(cache_size, numbers.Integral) or isinstance(cache_size, bool) or cache_size < 0:
             raise ValueError(f"cache_size must be a non-negative int; got {cache_size!r}.")
         if truncation not in TRUNCATION:
@@ -722,6 +794,19 @@ class _HFBackend(PromptBackend):
     def __setstate__(self, state):
         super().__setstate__(state)
         self._handle = None  # loaded lazily, from the per-process registry
+
+    # -- threads ----------------------------------------------------------------
+    def effective_num_threads(self):
+        """int: the torch thread count this backend scores with
+        (``num_threads``, or :func:`default_num_threads` for ``None``)."""
+        return self.num_threads if self.num_threads is not None else default_num_threads()
+
+    def _threads(self):
+        """Context: torch's intra-op threads set to :meth:`effective_num_threads`
+        (on CPU; a GPU model is left alone), put back after the call."""
+        if self._get_handle().device.type != "cpu":
+            return contextlib.nullcontext()
+        return _torch_threads(self.effective_num_threads())
 
     # -- public facts ---------------------------------------------------------
     @property
@@ -1035,6 +1120,18 @@ class CausalLMBackend(_HFBackend):
         the text is cut, never the template around it; each call that cuts
         texts for the first time emits one :class:`ContextWarning` saying how
         many.
+    num_threads : int or None, default=None
+        torch intra-op threads while this backend scores on CPU: set with
+        ``torch.set_num_threads`` when a call starts and put back when the
+        last concurrent call ends (torch's setting is process-wide). ``None``
+        means :func:`default_num_threads`: ``OMP_NUM_THREADS`` if set (joblib's
+        loky workers, as in ``GridSearchCV(n_jobs=k)`` or
+        ``cross_val_score(n_jobs=k)``, get ``cpu_count // k`` there, so
+        workers never oversubscribe the CPUs), else the number of CPUs in
+        the process's affinity mask. On a machine shared with other jobs,
+        ``num_threads=1`` gives the steadiest throughput, and
+        ``OMP_WAIT_POLICY=PASSIVE`` (set before Python starts) keeps idle
+        threads from spinning; see ``docs/performance.md``.
 
     Notes
     -----
@@ -1053,7 +1150,8 @@ class CausalLMBackend(_HFBackend):
 
     Padding never changes a score: pairs are batched with explicit attention
     masks and position ids. Scoring runs under ``torch.inference_mode`` with
-    the model in eval mode; torch's thread settings are left alone.
+    the model in eval mode; torch's thread count is set only for the
+    duration of a call (``num_threads``) and restored after it.
 
     ``prompt_position="suffix"`` needs a model whose layers all cache keys and
     values of the same shape (standard full attention: Llama, SmolLM, Qwen2,
@@ -1094,7 +1192,8 @@ class CausalLMBackend(_HFBackend):
 
     def __init__(self, model, tokenizer=None, *, template="{text}\nAnswer:", verbalizer=None,
                  prompt_position="tail", batch_size=_DEFAULT_BATCH_SIZE, cache_size=100_000,
-                 text_cache_mb=_DEFAULT_TEXT_CACHE_MB, device=None, dtype=None, truncation="right"):
+                 text_cache_mb=_DEFAULT_TEXT_CACHE_MB, device=None, dtype=None, truncation="right",
+                 num_threads=None):
         _check_placeholder(template, "text")
         if prompt_position not in ("suffix", "tail", "prefix"):
             raise ValueError(f"prompt_position must be 'suffix', 'tail' or 'prefix'; got {prompt_position!r}.")
@@ -1104,7 +1203,8 @@ class CausalLMBackend(_HFBackend):
         self.prompt_position = prompt_position
         self.text_cache_mb = text_cache_mb
         super().__init__(model, tokenizer, template=template, verbalizer=verbalizer, batch_size=batch_size,
-                         cache_size=cache_size, device=device, dtype=dtype, truncation=truncation)
+                         cache_size=cache_size, device=device, dtype=dtype, truncation=truncation,
+                         num_threads=num_threads)
 
     def _validate_template(self):
         head, tail = self.template.split("{text}")
@@ -1167,6 +1267,7 @@ class CausalLMBackend(_HFBackend):
             self._text_cache_bytes = 0
 
     # -- scoring ------------------------------------------------------------------
+    @_with_threads
     def _score(self, prompt_embeddings, texts, classes):
         token_ids = self._class_token_ids(classes)
         texts = self._fit_to_context(texts, prompt_embeddings.shape[1])
@@ -1481,6 +1582,7 @@ class CausalLMBackend(_HFBackend):
     # It follows the layouts of _score_suffix / _score_prefix step by step (same
     # input, same micro-batches) but keeps the autograd graph from the prompt to
     # the class log-probabilities; tests check it against score() within 1e-5.
+    @_with_threads
     def _log_proba_torch(self, prompts, texts, classes):
         """Differentiable class log-probabilities of every (prompt, text) pair.
 
@@ -1662,6 +1764,8 @@ class MaskedLMBackend(_HFBackend):
         Size of the result cache of :class:`PromptBackend`.
     device, dtype
         As in :class:`CausalLMBackend` (only with a path).
+    num_threads : int or None, default=None
+        As in :class:`CausalLMBackend`.
     truncation : {"right", "left", "error"}, default="right"
         As in :class:`CausalLMBackend`: texts too long for the model's
         position limit are cut (with a :class:`ContextWarning`) or refused.
@@ -1683,11 +1787,13 @@ class MaskedLMBackend(_HFBackend):
     _kind = "masked"
 
     def __init__(self, model, tokenizer=None, *, template="{text} It was {mask}.", verbalizer=None,
-                 batch_size=_DEFAULT_BATCH_SIZE, cache_size=100_000, device=None, dtype=None, truncation="right"):
+                 batch_size=_DEFAULT_BATCH_SIZE, cache_size=100_000, device=None, dtype=None, truncation="right",
+                 num_threads=None):
         _check_placeholder(template, "text")
         _check_placeholder(template, "mask")
         super().__init__(model, tokenizer, template=template, verbalizer=verbalizer, batch_size=batch_size,
-                         cache_size=cache_size, device=device, dtype=dtype, truncation=truncation)
+                         cache_size=cache_size, device=device, dtype=dtype, truncation=truncation,
+                         num_threads=num_threads)
 
     def _validate_template(self):
         tok = self._get_handle().tokenizer
@@ -1702,6 +1808,7 @@ class MaskedLMBackend(_HFBackend):
         last = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
         return ([first] if first is not None else []), ([last] if last is not None else [])
 
+    @_with_threads
     def _score(self, prompt_embeddings, texts, classes):
         token_ids = self._class_token_ids(classes)
         texts = self._fit_to_context(texts, prompt_embeddings.shape[1])
@@ -1769,6 +1876,7 @@ class MaskedLMBackend(_HFBackend):
     # The same input and micro-batches as _score, with the autograd graph kept
     # from the prompt to the class log-probabilities; tests check it against
     # score() within 1e-5.
+    @_with_threads
     def _log_proba_torch(self, prompts, texts, classes):
         """Differentiable class log-probabilities of every (prompt, text) pair.
 
