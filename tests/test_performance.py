@@ -112,3 +112,28 @@ def test_fit_cost_benchmark_runs_at_a_tiny_size(tiny_llama_dir, capsys):
     assert rows[1]["pairs"] > rows[0]["pairs"] and rows[3]["pairs"] > rows[2]["pairs"]
     printed = capsys.readouterr().out
     assert re.search(r"CPU s = -?[\d.]+ \+ -?[\d.]+ ms x pairs \+ -?[\d.]+ ms x texts \(R\^2 = ", printed), printed
+
+
+# ------------------------------------------------------------- prediction
+@pytest.mark.parametrize("mode", ["stream", "legacy"])
+def test_predict_benchmark_measures_both_paths(tiny_llama_dir, mode):
+    from conftest import CAUSAL_TEMPLATE, VERBALIZER
+
+    from skprompt.backends import CausalLMBackend
+
+    bench = _load("bench_predict")
+    texts = [f"{t} (take {k})" for k in range(6) for t in TEXTS]
+    labels = np.array(["fresh", "fresh", "rotten", "rotten"] * 6)
+
+    def make_backend():
+        return CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER)
+
+    r = bench.run_mode(mode, 12, 2, 0, torch.get_num_threads(), make_backend=make_backend, data=(texts, labels))
+    assert CausalLMBackend.stream_texts is not None  # the legacy mode puts it back
+    assert r["n_texts"] == 12 and r["n_prompts"] == 2 and r["proba_sum_ok"]
+    assert r["cache_entries_fit"] == 8 and r["texts_per_s"] > 0 and r["fraction_of_limit"] > 0
+    if mode == "stream":  # the fit's text cache is left as it was
+        assert r["cache_entries_after"] == r["cache_entries_fit"] == r["fit_texts_kept"]
+    else:  # the old path kept every predicted text
+        assert r["cache_entries_after"] == r["cache_entries_fit"] + 12
+    assert "peak +" in bench.report(r)
