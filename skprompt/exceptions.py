@@ -1,9 +1,9 @@
 """Warnings and errors of skprompt."""
 
-from .backends.base import BackendError, ContextWarning
+from .backends.base import BackendError, ContextWarning, TransientBackendError
 from .inference.base import BudgetExhausted, PosteriorWarning
 
-__all__ = ["BudgetWarning", "CostWarning", "BackendError", "ContextWarning", "BudgetExhausted", "PosteriorWarning"]
+__all__ = ["BudgetWarning", "CostWarning", "BackendError", "TransientBackendError", "ContextWarning", "BudgetExhausted", "PosteriorWarning"]
 
 
 class BudgetWarning(UserWarning):

@@ -131,7 +131,7 @@ def test_cache_answers_repeated_pairs_and_counts_calls():
     prompts = np.random.default_rng(1).standard_normal((3, 1, 6))
     texts = ["a", "b", "c", "d"]
     first = backend.score(prompts, texts, [0, 1])
-    assert backend.stats == {"requests": 1, "pairs": 12, "cached_pairs": 0}
+    assert backend.stats == {"requests": 1, "pairs": 12, "cached_pairs": 0, "disk_pairs": 0, "retries": 0}
     again = backend.score(prompts, texts, [0, 1])
     np.testing.assert_array_equal(first, again)
     assert model.calls == [(3, 4)]
@@ -165,7 +165,7 @@ def test_deepcopy_returns_self_and_pickle_drops_runtime_state():
     assert copy.deepcopy(backend) is backend
     backend.score(np.ones((1, 1, 6)), ["a"], [0, 1])
     restored = pickle.loads(pickle.dumps(backend))
-    assert restored.stats == {"requests": 0, "pairs": 0, "cached_pairs": 0}
+    assert restored.stats == {"requests": 0, "pairs": 0, "cached_pairs": 0, "disk_pairs": 0, "retries": 0}
     assert len(restored._cache) == 0
     np.testing.assert_allclose(
         restored.score(np.ones((1, 1, 6)), ["a"], [0, 1]), backend.score(np.ones((1, 1, 6)), ["a"], [0, 1])

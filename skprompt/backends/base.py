@@ -13,11 +13,18 @@ model weights out of copies.
 from __future__ import annotations
 
 import hashlib
+import logging
+import random
 import threading
+import time
 from collections import OrderedDict
+
 import numpy as np
 
-__all__ = ["PromptBackend", "BackendError", "ContextWarning", "log_softmax", "LOG_PROBA_FLOOR"]
+__all__ = ["PromptBackend", "BackendError", "TransientBackendError", "ContextWarning", "log_softmax",
+           "LOG_PROBA_FLOOR", "call_with_retries"]
+
+_LOG = logging.getLogger("skprompt")
 
 #: The lowest class log-probability :meth:`PromptBackend.score` answers: the
 #: log of the smallest normal float64 (about -708.4). A class the model gives
@@ -30,6 +37,62 @@ LOG_PROBA_FLOOR = float(np.log(np.finfo(np.float64).tiny))
 
 class BackendError(ValueError):
     """A backend was used in a way it does not support, or answered badly."""
+
+
+class TransientBackendError(BackendError):
+    """A failure that may not happen again: a lost connection, a timeout, an
+    overloaded server (HTTP 429 or 5xx). Backends retry these (``max_retries``);
+    a function wrapped by :class:`~skprompt.backends.FunctionBackend` may raise
+    it (or ``ConnectionError`` / ``TimeoutError``) to ask for a retry."""
+
+
+#: What a retry may cure. Everything else (a 4xx answer, a wrong key, a bad
+#: shape) fails at once: sending the same request again would fail again.
+RETRYABLE_ERRORS = (TransientBackendError, ConnectionError, TimeoutError)
+
+
+def call_with_retries(fn, *, max_retries, backoff=0.5, max_backoff=30.0, what="the request", on_retry=None):
+    """``fn()``, retried on :data:`RETRYABLE_ERRORS` with exponential backoff and jitter.
+
+    Requests to a model are idempotent (the same prompt and text give the
+    same answer), so a retry never changes a result; it only costs time.
+
+    Parameters
+    ----------
+    fn : callable
+        Called with no argument.
+    max_retries : int
+        Retries after the first attempt (0: none).
+    backoff : float, default=0.5
+        Seconds before the first retry; doubled at each further retry, capped
+        at ``max_backoff``, and multiplied by a random factor in [0.5, 1)
+        ("equal jitter"), so that many clients failing together do not retry
+        in lockstep.
+    what : str
+        Names the request in the error raised when every attempt failed.
+    on_retry : callable or None
+        ``on_retry(exc, delay)`` before each retry (e.g. to count it).
+
+    Raises
+    ------
+    BackendError
+        Every attempt failed with a retryable error (the last one is chained).
+    """
+    jitter = random.Random()  # timing only: results never depend on it
+    for attempt in range(max_retries + 1):
+        try:
+            return fn()
+        except RETRYABLE_ERRORS as exc:
+            if attempt >= max_retries:
+                raise BackendError(
+                    f"{what} failed after {attempt + 1} attempt(s); last error: {exc}"
+                ) from exc
+            delay = min(max_backoff, backoff * 2.0 ** attempt) * (0.5 + 0.5 * jitter.random())
+            _LOG.warning("%s failed (%s); retry %d of %d in %.2f s", what, exc, attempt + 1, max_retries, delay)
+            if on_retry is not None:
+                on_retry(exc, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 class ContextWarning(UserWarning):
@@ -58,11 +121,26 @@ class PromptBackend:
         cache, so that asking twice for the same prompt and text (``predict``
         after ``predict_proba``, repeated evaluation in a grid search) costs no
         second query. ``0`` disables the cache.
+    cache : str, os.PathLike or None, default=None
+        A file where every answered (prompt, text) query is kept on disk (a
+        SQLite database, see :class:`~skprompt.backends.store.QueryStore`),
+        keyed by the backend's identity (model, layout, template, label
+        words), the classes, the prompt's bytes and the text. A fit that was
+        interrupted (Ctrl-C, a crash, a dead server) and is run again with the
+        same ``random_state`` replays its answered queries from the file and
+        asks only the others: the same result as an uninterrupted fit.
+        Several threads and processes (GridSearchCV's workers) may share one
+        file. ``None``: nothing is written to disk.
 
     Notes
     -----
     Call accounting: :attr:`stats` counts the requests sent to the model, the
-    (prompt, text) pairs they carried and the pairs answered from the cache.
+    (prompt, text) pairs they carried, the pairs answered from the in-memory
+    cache (``cached_pairs``) and from the ``cache`` file (``disk_pairs``),
+    and the retries of failed requests (``retries``; see
+    :func:`call_with_retries`: connection errors, timeouts, HTTP 429 and 5xx
+    are retried with exponential backoff, ``max_retries`` times, where the
+    backend has that parameter).
     The estimator keeps its own count of the pairs it *asked for*
     (``n_queries_``), which does not depend on what happened to be cached.
 
@@ -75,16 +153,43 @@ class PromptBackend:
 
     #: ``True`` for APIs that only return the predicted label.
     labels_only = False
+    #: Retries of a failed request (see :func:`call_with_retries`); backends
+    #: that talk to a remote model set it from a parameter.
+    max_retries = 0
+    retry_backoff = 0.5
 
-    def __init__(self, *, cache_size=100_000):
+    def __init__(self, *, cache_size=100_000, cache=None):
         self.cache_size = cache_size
+        self.cache = cache
+        self._store = None
+        if cache is not None:
+            from .store import QueryStore
+
+            self._store = QueryStore(cache)  # a bad path fails here, before any query
         self._init_runtime_state()
 
     # ------------------------------------------------------------------ state
+    _STATS_KEYS = ("requests", "pairs", "cached_pairs", "disk_pairs", "retries")
+
     def _init_runtime_state(self):
         self._lock = threading.RLock()
         self._cache = OrderedDict()
-        self._stats = {"requests": 0, "pairs": 0, "cached_pairs": 0}
+        self._stats = dict.fromkeys(self._STATS_KEYS, 0)
+
+    def _cache_identity(self):
+        """What, besides the prompt, the text and the classes, determines an
+        answer: the key under which the ``cache`` file keeps it.
+
+        Backends that support ``cache=`` return a str naming the model and
+        every setting that changes a score (template, label words, layout,
+        precision...). Two backends with the same identity must give the same
+        answers.
+        """
+        raise BackendError(
+            f"{type(self).__name__} does not support cache= (a persistent query cache): it does not say "
+            "what identifies its answers. Implement _cache_identity() returning a str that names the model "
+            "and every setting that changes a score."
+        )
 
     def __deepcopy__(self, memo):
         # A backend is a handle on an external model, not fitted state:
@@ -103,15 +208,17 @@ class PromptBackend:
 
     @property
     def stats(self):
-        """dict: ``requests``, ``pairs`` (scored by the model) and
-        ``cached_pairs`` (answered from the cache) since creation."""
+        """dict: ``requests``, ``pairs`` (scored by the model), ``cached_pairs``
+        (answered from the in-memory cache), ``disk_pairs`` (answered from the
+        ``cache`` file) and ``retries`` (failed requests sent again) since
+        creation; some backends add their own counts."""
         with self._lock:
             return dict(self._stats)
 
     def reset_stats(self):
         """Set the call counters back to zero."""
         with self._lock:
-            self._stats = {"requests": 0, "pairs": 0, "cached_pairs": 0}
+            self._stats = dict.fromkeys(self._STATS_KEYS, 0)
 
     def clear_cache(self):
         """Drop every cached result."""
@@ -232,14 +339,29 @@ class PromptBackend:
     def _cached_score(self, prompts, texts, classes):
         return self._cached_call(prompts, texts, classes, self._score, labels=False)
 
+    def _count_retry(self, exc, delay):
+        with self._lock:
+            self._stats["retries"] += 1
+
+    def _compute(self, compute, prompts, texts, classes):
+        """``compute(prompts, texts, classes)``, retried on transient errors
+        when the backend has ``max_retries`` (see :func:`call_with_retries`)."""
+        if not self.max_retries:
+            return compute(prompts, texts, classes)
+        return call_with_retries(lambda: compute(prompts, texts, classes), max_retries=self.max_retries,
+                                 backoff=self.retry_backoff, what=f"{self._source_name()}'s request",
+                                 on_retry=self._count_retry)
+
     def _cached_call(self, prompts, texts, classes, compute, labels):
         n_prompts, n_texts = prompts.shape[0], len(texts)
         n_classes = len(classes)
         out_shape = (n_prompts, n_texts) if labels else (n_prompts, n_texts, n_classes)
         if n_prompts == 0 or n_texts == 0:
             return np.zeros(out_shape, dtype=np.int64 if labels else np.float64)
-        if not self.cache_size:
-            result = self._checked(compute(prompts, texts, classes), out_shape, labels, n_classes, texts)
+        store = getattr(self, "_store", None)
+        if not self.cache_size and store is None:
+            result = self._checked(self._compute(compute, prompts, texts, classes), out_shape, labels, n_classes,
+                                   texts)
             with self._lock:
                 self._stats["requests"] += 1
                 self._stats["pairs"] += n_prompts * n_texts
@@ -248,27 +370,44 @@ class PromptBackend:
         tag = (tuple(map(repr, classes)), labels)
         pkeys = [self._prompt_key(p) for p in prompts]
         out = np.empty(out_shape, dtype=np.int64 if labels else np.float64)
-        missing_prompts, missing_texts, n_hits = [], {}, 0
-        with self._lock:
-            for i, pk in enumerate(pkeys):
-                row_missing = False
-                for j, text in enumerate(texts):
-                    hit = self._cache.get((pk, text, tag))
-                    if hit is None:
-                        row_missing = True
-                        missing_texts.setdefault(text, None)
-                    else:
-                        self._cache.move_to_end((pk, text, tag))
-                        out[i, j] = hit
-                        n_hits += 1
-                if row_missing:
-                    missing_prompts.append(i)
+        known = np.zeros((n_prompts, n_texts), dtype=bool)
+        n_hits = n_disk = 0
+        if self.cache_size:
+            with self._lock:
+                for i, pk in enumerate(pkeys):
+                    for j, text in enumerate(texts):
+                        hit = self._cache.get((pk, text, tag))
+                        if hit is not None:
+                            self._cache.move_to_end((pk, text, tag))
+                            out[i, j] = hit
+                            known[i, j] = True
+                            n_hits += 1
+        if store is not None:
+            identity, disk_tag = self._cache_identity(), repr(tag)
+            want = {}  # disk key -> the (prompt, text) positions it answers
+            for i, j in zip(*np.nonzero(~known)):
+                want.setdefault(store.key(identity, disk_tag, pkeys[i], texts[j]), []).append((i, j))
+            if want:
+                found = store.get_many(want, labels)
+                with self._lock:
+                    for key, answer in found.items():
+                        for i, j in want[key]:
+                            out[i, j] = answer
+                            known[i, j] = True
+                            n_disk += 1
+                        if self.cache_size:
+                            i, j = want[key][0]
+                            self._cache[(pkeys[i], texts[j], tag)] = answer
+                    while len(self._cache) > self.cache_size:
+                        self._cache.popitem(last=False)
+        missing_prompts = [i for i in range(n_prompts) if not known[i].all()]
         if missing_prompts:
             # Ask for the smallest rectangle that covers every missing pair.
+            missing_texts = dict.fromkeys(texts[j] for i in missing_prompts for j in np.flatnonzero(~known[i]))
             uniq_idx = sorted({pkeys[i]: i for i in missing_prompts}.values())
             sub_texts = list(missing_texts)
             result = self._checked(
-                compute(prompts[uniq_idx], sub_texts, classes),
+                self._compute(compute, prompts[uniq_idx], sub_texts, classes),
                 (len(uniq_idx), len(sub_texts)) + out_shape[2:],
                 labels,
                 n_classes,
@@ -276,21 +415,26 @@ class PromptBackend:
             )
             text_pos = {t: k for k, t in enumerate(sub_texts)}
             row_of = {pkeys[i]: r for r, i in enumerate(uniq_idx)}
+            if store is not None:
+                # One transaction per request: it is stored whole or not at all.
+                store.put_many((store.key(identity, disk_tag, pk, t), result[r, k])
+                               for pk, r in row_of.items() for t, k in text_pos.items())
             with self._lock:
                 self._stats["requests"] += 1
                 self._stats["pairs"] += len(uniq_idx) * len(sub_texts)
-                for pk, r in row_of.items():
-                    for t, k in text_pos.items():
-                        self._cache[(pk, t, tag)] = result[r, k]
-                while len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
+                if self.cache_size:
+                    for pk, r in row_of.items():
+                        for t, k in text_pos.items():
+                            self._cache[(pk, t, tag)] = result[r, k]
+                    while len(self._cache) > self.cache_size:
+                        self._cache.popitem(last=False)
             for i in missing_prompts:
                 r = row_of[pkeys[i]]
-                for j, text in enumerate(texts):
-                    if text in text_pos:
-                        out[i, j] = result[r, text_pos[text]]
+                for j in np.flatnonzero(~known[i]):
+                    out[i, j] = result[r, text_pos[texts[j]]]
         with self._lock:
             self._stats["cached_pairs"] += n_hits
+            self._stats["disk_pairs"] += n_disk
         return out
 
     def _checked(self, result, shape, labels, n_classes, texts=None):

@@ -59,6 +59,19 @@ class FunctionBackend(PromptBackend):
         is called as before. ``True`` always passes them (by keyword if
         ``fn`` has a ``classes`` parameter, else as the third argument: use
         it for a callable whose signature cannot be read); ``False`` never.
+    cache : str, os.PathLike or None, default=None
+        A file that keeps every answer on disk, so that an interrupted fit run
+        again replays them (see :class:`PromptBackend`). Answers are keyed by
+        ``fn``'s module and qualified name, ``embedding_dim`` and
+        ``labels_only``: use a new file after changing what ``fn`` computes.
+    max_retries : int, default=0
+        How many times a call of ``fn`` that raised
+        :class:`~skprompt.backends.TransientBackendError`, ``ConnectionError``
+        or ``TimeoutError`` is made again, with exponential backoff and jitter
+        (see :func:`~skprompt.backends.base.call_with_retries`). Any other
+        exception fails at once.
+    retry_backoff : float, default=0.5
+        Seconds before the first retry (doubled at each further one).
 
     Examples
     --------
@@ -92,7 +105,7 @@ class FunctionBackend(PromptBackend):
     """
 
     def __init__(self, fn, embedding_dim, *, labels_only=False, embedding_std=None, cache_size=100_000,
-                 pass_classes=None):
+                 pass_classes=None, cache=None, max_retries=0, retry_backoff=0.5):
         if not callable(fn):
             raise TypeError(f"fn must be callable; got {type(fn).__name__}.")
         if not isinstance(embedding_dim, numbers.Integral) or isinstance(embedding_dim, bool) or embedding_dim < 1:
@@ -103,7 +116,14 @@ class FunctionBackend(PromptBackend):
             raise ValueError(f"embedding_std must be a positive float or None; got {embedding_std!r}.")
         if pass_classes is not None and not isinstance(pass_classes, bool):
             raise ValueError(f"pass_classes must be True, False or None; got {pass_classes!r}.")
-        super().__init__(cache_size=cache_size)
+        if not isinstance(max_retries, numbers.Integral) or isinstance(max_retries, bool) or max_retries < 0:
+            raise ValueError(f"max_retries must be a non-negative int; got {max_retries!r}.")
+        if not (isinstance(retry_backoff, numbers.Real) and not isinstance(retry_backoff, bool)
+                and np.isfinite(retry_backoff) and retry_backoff >= 0):
+            raise ValueError(f"retry_backoff must be a non-negative number of seconds; got {retry_backoff!r}.")
+        super().__init__(cache_size=cache_size, cache=cache)
+        self.max_retries = int(max_retries)
+        self.retry_backoff = float(retry_backoff)
         self.fn = fn
         self._embedding_dim = int(embedding_dim)
         self.labels_only = bool(labels_only)
@@ -156,6 +176,10 @@ class FunctionBackend(PromptBackend):
         if self.labels_only:
             return self._call(prompt_embeddings, texts, classes)
         return super()._predict_labels(prompt_embeddings, texts, classes)
+
+    def _cache_identity(self):
+        name = f"{getattr(self.fn, '__module__', '?')}.{getattr(self.fn, '__qualname__', type(self.fn).__qualname__)}"
+        return f"FunctionBackend|{name}|dim={self._embedding_dim}|labels_only={self.labels_only}"
 
     def _source_name(self):
         name = getattr(self.fn, "__qualname__", None) or repr(self.fn)
