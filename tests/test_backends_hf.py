@@ -805,3 +805,45 @@ def test_grid_search_tunes_the_template_and_verbalizer(tiny_llama_dir, n_jobs):
     assert len(set(np.round(search.cv_results_["mean_test_score"], 12))) > 1
     assert search.best_estimator_.backend.template == search.best_params_["backend__template"]
     assert backend.template == CAUSAL_TEMPLATE and backend.verbalizer == VERBALIZER  # untouched
+
+
+# ------------------------------------- pairs of a text in one row (#12, item 2)
+@pytest.mark.parametrize("position", ["tail", "suffix"])
+def test_block_rows_match_one_row_per_pair(tiny_llama_dir, position):
+    backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0,
+                              prompt_position=position, batch_size=7)  # texts split across micro-batches
+    handle = backend._get_handle()
+    prompts = random_prompts(backend, 5, 3, seed=11)
+    texts = TEXTS + TEXTS[1:2]
+    try:
+        handle.block_suffix = None
+        blocks = backend.score(prompts, texts, CLASSES)
+        assert handle.block_suffix is True  # the tiny Llama (SDPA) passed the one-off check
+        handle.block_suffix = False
+        rows = backend.score(prompts, texts, CLASSES)
+    finally:
+        handle.block_suffix = None
+    assert_nontrivial(rows)
+    np.testing.assert_allclose(blocks, rows, atol=TOL)  # float rounding of a different summation order
+    if position == "suffix":
+        ref = naive_causal(backend.model, backend.tokenizer, prompts, texts, CAUSAL_TEMPLATE, ["positive", "negative"])
+        np.testing.assert_allclose(blocks, ref, atol=TOL)
+
+
+def test_block_rows_fall_back_when_the_check_fails(tiny_llama_dir, monkeypatch):
+    backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0,
+                              prompt_position="suffix")
+    handle = backend._get_handle()
+    real = CausalLMBackend._block_suffix_scores
+    monkeypatch.setattr(CausalLMBackend, "_block_suffix_scores",
+                        lambda self, *a: real(self, *a) + 1.0)  # a model that ignores the 4-D mask, say
+    prompts = random_prompts(backend, 3, 2, seed=12)
+    try:
+        handle.block_suffix = None
+        scores = backend.score(prompts, TEXTS, CLASSES)
+        assert handle.block_suffix is False
+        assert backend.text_cache_info()["forwards"] == 1  # the check's forwards are not counted
+    finally:
+        handle.block_suffix = None
+    ref = naive_causal(backend.model, backend.tokenizer, prompts, TEXTS, CAUSAL_TEMPLATE, ["positive", "negative"])
+    np.testing.assert_allclose(scores, ref, atol=TOL)

@@ -233,6 +233,7 @@ class _ModelHandle:
         self._stats = None
         self._readout = None
         self._special_prefix = None
+        self.block_suffix = None  # pairs of a text in one row: None (unchecked), True, False
 
     def make_cache(self, layers):
         """A fresh cache holding [(keys, values)] per layer, in the form the model takes."""
@@ -1396,7 +1397,13 @@ class CausalLMBackend(_HFBackend):
             flush()
 
     def _suffix_scores(self, handle, readout, entries, suffix, token_ids):
-        """Class scores (B, C) of a micro-batch: text caches ``entries``, suffixes (B, S, D)."""
+        """Class scores (B, C) of a micro-batch: text caches ``entries``, suffixes (B, S, D).
+
+        Pairs that share a text are scored in one row against one copy of its
+        cache (:meth:`_block_suffix_scores`) where the model supports it
+        (checked once per model against the one-row-per-pair path), else one
+        row per pair (:meth:`_row_suffix_scores`).
+        """
         device = handle.device
         n_suffix = suffix.shape[1]
         if n_suffix == 0:  # no prompt, no tail: the head's last position is the readout
@@ -1404,6 +1411,78 @@ class CausalLMBackend(_HFBackend):
             if readout.fast:
                 return readout.logits(last, token_ids)
             return last.index_select(-1, torch.as_tensor(token_ids, device=device)).float()
+        shared = len({id(e) for e in entries}) < len(entries)
+        if shared and max(e.length for e in entries) > 0 and self._blocks_supported(handle):
+            if handle.block_suffix is None:  # first use on this model: compare the two paths once
+                with self._lock:
+                    counted = self._text_stats["forwards"]
+                with torch.no_grad():
+                    rows = self._row_suffix_scores(handle, readout, entries, suffix.detach(), token_ids)
+                    blocks = self._block_suffix_scores(handle, readout, entries, suffix.detach(), token_ids)
+                with self._lock:  # the check's forwards are not the call's
+                    self._text_stats["forwards"] = counted
+                handle.block_suffix = _close(blocks, rows)
+            if handle.block_suffix:
+                return self._block_suffix_scores(handle, readout, entries, suffix, token_ids)
+        return self._row_suffix_scores(handle, readout, entries, suffix, token_ids)
+
+    @staticmethod
+    def _blocks_supported(handle):
+        """Whether the model may take a custom 4-D additive attention mask with
+        a cache (eager or SDPA attention, a Cache object)."""
+        impl = getattr(handle.model.config, "_attn_implementation", None)
+        return not handle.legacy_cache and impl in ("sdpa", "eager")
+
+    def _block_suffix_scores(self, handle, readout, entries, suffix, token_ids):
+        """All pairs of a text in one row: keys are [the text's head, padded |
+        the suffixes of its prompts one after another]; a block-diagonal causal
+        4-D mask lets each suffix see the head and its own earlier tokens only,
+        and position ids restart after the head for every suffix. One copy of
+        each text's cache, extended once, instead of one per pair."""
+        device = handle.device
+        n_suffix, dim = suffix.shape[1], suffix.shape[2]
+        groups = {}
+        for row, e in enumerate(entries):
+            groups.setdefault(id(e), (e, []))[1].append(row)
+        groups = list(groups.values())
+        n_rows = max(len(rows) for _, rows in groups)
+        width = n_rows * n_suffix  # queries per row; a shorter row is padded with whole blocks
+        lengths = torch.tensor([e.length for e, _ in groups], device=device)
+        max_len = int(lengths.max())
+        pieces, t_of, q_of = [], [0] * len(entries), [0] * len(entries)
+        for t, (_, rows) in enumerate(groups):
+            x = suffix[rows].reshape(len(rows) * n_suffix, dim)
+            if len(rows) < n_rows:
+                x = torch.cat([x, suffix.new_zeros(((n_rows - len(rows)) * n_suffix, dim))])
+            pieces.append(x)
+            for k, row in enumerate(rows):
+                t_of[row], q_of[row] = t, k * n_suffix + n_suffix - 1
+        inputs = torch.stack(pieces)  # (T, width, D)
+        q = torch.arange(width, device=device)
+        block, within = q // n_suffix, q % n_suffix
+        head_ok = torch.arange(max_len, device=device)[None, None, :] < lengths[:, None, None]  # (T, 1, max_len)
+        suffix_ok = (block[:, None] == block[None, :]) & (within[None, :] <= within[:, None])  # (width, width)
+        allowed = torch.cat([head_ok.expand(len(groups), width, max_len),
+                             suffix_ok.expand(len(groups), width, width)], dim=2)
+        dtype = handle.dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)
+        padded = _pad_kv([e for e, _ in groups], max_len)  # (layers, 2, T, heads, max_len, hd)
+        kwargs = {"inputs_embeds": inputs, "attention_mask": mask[:, None],
+                  "position_ids": lengths[:, None] + within[None, :], "use_cache": True,
+                  handle.cache_kwarg: handle.make_cache((padded[i, 0], padded[i, 1]) for i in range(padded.shape[0]))}
+        with self._lock:
+            self._text_stats["forwards"] += 1
+        t_idx = torch.tensor(t_of, device=device)
+        q_idx = torch.tensor(q_of, device=device)
+        if readout.fast:
+            return readout.logits(handle.base(**kwargs).last_hidden_state[t_idx, q_idx], token_ids)
+        logits = handle.model(**kwargs).logits[t_idx, q_idx]
+        return logits.index_select(-1, torch.as_tensor(token_ids, device=device)).float()
+
+    def _row_suffix_scores(self, handle, readout, entries, suffix, token_ids):
+        """One row per pair: each pair gets its own copy of its text's cache."""
+        device = handle.device
+        n_suffix = suffix.shape[1]
         lengths = torch.tensor([e.length for e in entries], device=device)
         max_len = int(lengths.max())
         # Keys are [head padded to max_len | suffix]. The 2-D mask hides each
