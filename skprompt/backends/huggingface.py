@@ -1026,6 +1026,24 @@ def _length_buckets(items, length, max_items, waste=0.25, slack=16):
         yield batch
 
 
+def _text_major_batches(order, n_prompts, batch_size):
+    """Micro-batches of (text, prompt index) pairs, texts in ``order``, at most
+    ``batch_size`` pairs each, that never split a text's prompts unless they
+    are more than ``batch_size``: a text's pairs then share one row of the
+    block layout with no padding (see ``CausalLMBackend._block_suffix_scores``)."""
+    size = min(n_prompts, batch_size)
+    batch = []
+    for text in order:
+        for start in range(0, n_prompts, size):
+            unit = [(text, p) for p in range(start, min(start + size, n_prompts))]
+            if batch and len(batch) + len(unit) > batch_size:
+                yield batch
+                batch = []
+            batch.extend(unit)
+    if batch:
+        yield batch
+
+
 def _pairs_batches(order, n_prompts, batch_size):
     """Micro-batches of (text index, prompt index) pairs, texts in ``order``."""
     batch = []
@@ -1368,33 +1386,23 @@ class CausalLMBackend(_HFBackend):
         # their pairs and dropped from this call once their pairs are done, so
         # the memory held is bounded whatever the number of texts.
         live = {}
-        next_fetch = 0
-        batch = []
-
-        def flush():
+        position = {h: i for i, h in enumerate(order)}
+        for batch in _text_major_batches(order, n_prompts, self.batch_size):
+            needed = list(dict.fromkeys(h for h, _ in batch))
+            missing = [h for h in needed if h not in live]
+            if missing:
+                start = position[missing[0]]
+                stop = max(start + self.batch_size, position[missing[-1]] + 1)
+                chunk = [h for h in order[start:stop] if h not in live]
+                live.update(self._text_entries(handle, chunk, token_cache, store=keep))
             entries = [live[h] for h, _ in batch]
             p_idx = [p for _, p in batch]
             scores = self._suffix_scores(handle, readout, entries, suffix[p_idx], token_ids).cpu().numpy()
             for row, (head, p) in enumerate(batch):
                 out[p, columns[head]] = scores[row]
-
-        for position, head in enumerate(order):
-            if head not in live:
-                chunk = order[max(position, next_fetch): position + self.batch_size]
-                live.update(self._text_entries(handle, chunk, token_cache, store=keep))
-                next_fetch = position + len(chunk)
-            for p in range(n_prompts):
-                batch.append((head, p))
-                if len(batch) == self.batch_size:
-                    flush()
-                    done = {h for h, _ in batch}
-                    if p < n_prompts - 1:
-                        done.discard(head)
-                    batch = []
-                    for h in done:
-                        live.pop(h, None)
-        if batch:
-            flush()
+            for head, p in batch:
+                if p == n_prompts - 1:  # the text's last pair: drop it from this call
+                    live.pop(head, None)
 
     def _suffix_scores(self, handle, readout, entries, suffix, token_ids):
         """Class scores (B, C) of a micro-batch: text caches ``entries``, suffixes (B, S, D).
@@ -1721,9 +1729,7 @@ class CausalLMBackend(_HFBackend):
                 raise BackendError("Nothing to score: an empty text, a template that ends with '{text}' "
                                    "and no soft prompt give an empty input.")
             order = sorted(distinct, key=lambda h: entries[h].length)
-            pairs = [(h, p) for h in order for p in range(n_prompts)]
-            for start in range(0, len(pairs), self.batch_size):
-                batch = pairs[start: start + self.batch_size]
+            for batch in _text_major_batches(order, n_prompts, self.batch_size):
                 chunks.append(self._suffix_scores(handle, readout, [entries[h] for h, _ in batch],
                                                   suffix[[p for _, p in batch]], token_ids))
                 keys.extend(batch)
