@@ -280,6 +280,30 @@ def test_concurrent_calls_agree_with_sequential(tiny_llama_dir):
         np.testing.assert_allclose(a, b, atol=TOL)
 
 
+def test_concurrent_calls_encode_each_text_once(tiny_llama_dir):
+    # n_jobs splits a population over threads that score the same texts: a
+    # text another thread is encoding is waited for, not encoded again.
+    backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0,
+                              batch_size=64)
+    prompt_sets = [random_prompts(backend, 2, 2, seed=s) for s in range(4)]
+    expected = [CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0,
+                                text_cache_mb=0).score(p, TEXTS, CLASSES) for p in prompt_sets]
+    texts = [f"{t} ({k})" for k in range(6) for t in TEXTS]  # 24 texts, encoded in a few forwards
+    for round_ in range(3):  # thread timing varies: whatever the interleaving, each text once
+        backend.clear_text_cache()
+        before = backend.text_cache_info()["head_forwards"]
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            parallel = list(pool.map(lambda p: backend.score(p, TEXTS + texts, CLASSES), prompt_sets))
+        solo = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0,
+                               batch_size=64)
+        solo.score(prompt_sets[0], TEXTS + texts, CLASSES)
+        assert backend.text_cache_info()["head_forwards"] - before == solo.text_cache_info()["head_forwards"]
+        assert backend.text_cache_info()["entries"] == len(TEXTS) + len(texts)
+        assert not backend._text_store.pending
+        for a, b in zip(expected, parallel):
+            np.testing.assert_allclose(b[:, :len(TEXTS)], a, atol=TOL)
+
+
 # -------------------------------------------------------------- verbalizer
 def test_labels_are_argmax_of_scores(llama):
     prompts = random_prompts(llama, 4, 3, seed=6)

@@ -1527,35 +1527,57 @@ class CausalLMBackend(_HFBackend):
         ``store=False`` (streaming): the encoded texts are not added to the
         LRU and the cached ones keep their place in it.
         """
-        found, missing = {}, []
+        found, missing, waiting = {}, [], []
+        pending = self._text_store.pending
         with self._lock:
             for head in heads:
                 entry = self._text_cache.get(head)
-                if entry is None:
-                    missing.append(head)
-                else:
+                if entry is not None:
                     if store:
                         self._text_cache.move_to_end(head)
                     found[head] = entry
-        if missing:
-            unknown = [h for h in missing if h not in token_cache]
-            if unknown:  # evicted since this call looked: tokenise again
-                token_cache.update(zip(unknown, self._head_ids(handle, unknown)))
-            computed = self._encode_heads(handle, {h: token_cache[h] for h in missing})
-            found.update(computed)
-            if not store:
-                return found
-            limit = float(self.text_cache_mb) * 2**20
+                elif store and head in pending:  # another thread is encoding it: wait, do not encode twice
+                    waiting.append((head, pending[head]))
+                else:
+                    missing.append(head)
+                    if store:
+                        pending[head] = threading.Event()
+        try:
+            if missing:
+                found.update(self._encode_missing(handle, missing, token_cache, store))
+        finally:
+            if store and missing:
+                with self._lock:
+                    for head in missing:
+                        pending.pop(head).set()
+        for head, done in waiting:
+            done.wait()
             with self._lock:
-                for head, entry in computed.items():
-                    if entry.nbytes > limit or head in self._text_cache:
-                        continue
-                    self._text_cache[head] = entry
-                    self._text_cache_bytes += entry.nbytes
-                while self._text_cache_bytes > limit and self._text_cache:
-                    _, old = self._text_cache.popitem(last=False)
-                    self._text_cache_bytes -= old.nbytes
+                entry = self._text_cache.get(head)
+            if entry is None:  # not kept (over the memory bound, or the other call failed): encode it here
+                entry = self._encode_missing(handle, [head], token_cache, store=False)[head]
+            found[head] = entry
         return found
+
+    def _encode_missing(self, handle, missing, token_cache, store):
+        """Encode ``missing`` heads; ``store``: add them to the LRU (within ``text_cache_mb``)."""
+        unknown = [h for h in missing if h not in token_cache]
+        if unknown:  # evicted since this call looked: tokenise again
+            token_cache.update(zip(unknown, self._head_ids(handle, unknown)))
+        computed = self._encode_heads(handle, {h: token_cache[h] for h in missing})
+        if not store:
+            return computed
+        limit = float(self.text_cache_mb) * 2**20
+        with self._lock:
+            for head, entry in computed.items():
+                if entry.nbytes > limit or head in self._text_cache:
+                    continue
+                self._text_cache[head] = entry
+                self._text_cache_bytes += entry.nbytes
+            while self._text_cache_bytes > limit and self._text_cache:
+                _, old = self._text_cache.popitem(last=False)
+                self._text_cache_bytes -= old.nbytes
+        return computed
 
     def _encode_heads(self, handle, head_ids):
         """Run heads (dict head -> token ids) through the model, right-padded:
@@ -1785,6 +1807,7 @@ class _TextStore:
     def __init__(self):
         self.entries = OrderedDict()
         self.nbytes = 0
+        self.pending = {}  # head string -> threading.Event, set when the thread encoding it is done
 
 
 class _TextEntry:
