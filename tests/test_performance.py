@@ -137,3 +137,12 @@ def test_predict_benchmark_measures_both_paths(tiny_llama_dir, mode):
     else:  # the old path kept every predicted text
         assert r["cache_entries_after"] == r["cache_entries_fit"] + 12
     assert "peak +" in bench.report(r)
+
+
+def test_scoring_benchmark_thread_sweep(bench_scoring, tiny_llama_dir, capsys):
+    threads = torch.get_num_threads()
+    bench_scoring.main(["--model", tiny_llama_dir, "--sweep-threads", "1,2", "--sweep-prompts", "3", "--repeats", "1"],
+                       texts=TEXTS)
+    printed = capsys.readouterr().out
+    assert re.search(r"^\s+1 .*1\.00x$", printed, re.M) and re.search(r"^\s+2 .*x$", printed, re.M), printed
+    assert torch.get_num_threads() == threads

@@ -1610,10 +1610,10 @@ class CausalLMBackend(_HFBackend):
                     "prompt_position='suffix' needs a model whose layers all cache keys/values of one shape; "
                     f"{type(handle.model).__name__} does not. Use prompt_position='prefix'."
                 )
-            kv = torch.stack([torch.stack([k, v]) for k, v in layers])  # (layers, 2, B, heads, width, hd)
-            for row, head in enumerate(batch):
+            for row, head in enumerate(batch):  # one copy per text: (layers, 2, heads, n, hd)
                 n = lengths[row]
-                result[head] = _TextEntry(kv[:, :, row, :, :n].clone(), outputs[row, n - 1].clone(), n)
+                kv = torch.stack([torch.stack([k[row, :, :n], v[row, :, :n]]) for k, v in layers])
+                result[head] = _TextEntry(kv, outputs[row, n - 1].clone(), n)
             with self._lock:
                 self._text_stats["head_forwards"] += 1
         return result
