@@ -777,7 +777,7 @@ def test_get_params_clone_and_set_params(tiny_llama_dir):
     assert params["model"] == tiny_llama_dir and params["template"] == CAUSAL_TEMPLATE
     assert params["verbalizer"] == VERBALIZER and params["truncation"] == "left"
     assert set(params) == {"model", "tokenizer", "template", "verbalizer", "prompt_position", "batch_size",
-                           "cache_size", "text_cache_mb", "device", "dtype", "truncation", "num_threads"}
+                           "cache_size", "text_cache_mb", "device", "dtype", "truncation", "num_threads", "cache"}
     prompts = random_prompts(backend, 2, 2)
     scores = backend.score(prompts, TEXTS, CLASSES)
 

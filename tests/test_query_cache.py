@@ -173,3 +173,21 @@ def test_retries_give_up_with_a_clear_error_and_never_retry_other_errors():
     assert len(calls) == 1
     with pytest.raises(ValueError, match="max_retries"):
         FunctionBackend(bad, embedding_dim=6, max_retries=-1)
+
+
+def test_transformers_backend_replays_from_the_cache_file(tiny_llama_dir, tmp_path):
+    from skprompt.backends import CausalLMBackend
+
+    path = tmp_path / "hf.sqlite"
+    kw = dict(template="Review: {text}\nSentiment:", verbalizer={"fresh": "positive", "rotten": "negative"})
+    first = CausalLMBackend(tiny_llama_dir, cache=path, **kw)
+    prompts = np.random.default_rng(0).standard_normal((3, 2, 32)).astype(np.float32)
+    texts = ["Great.", "The plot is dull."]
+    scores = first.score(prompts, texts, ["fresh", "rotten"])
+    second = CausalLMBackend(tiny_llama_dir, cache=path, **kw)
+    np.testing.assert_array_equal(second.score(prompts, texts, ["fresh", "rotten"]), scores)
+    assert second.stats["disk_pairs"] == 6 and second.stats["pairs"] == 0
+    other = CausalLMBackend(tiny_llama_dir, cache=path, prompt_position="suffix", **kw)  # another layout
+    other.score(prompts, texts, ["fresh", "rotten"])
+    assert other.stats["disk_pairs"] == 0 and other.stats["pairs"] == 6
+    assert CausalLMBackend(tiny_llama_dir, cache=path, **kw).get_params()["cache"] == path

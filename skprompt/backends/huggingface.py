@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import json
 import numbers
 import os
 import threading
@@ -550,8 +551,8 @@ class _HFBackend(PromptBackend):
     _kind = None  # "causal" or "masked"
 
     def __init__(self, model, tokenizer, *, template, verbalizer, batch_size, cache_size, device, dtype,
-                 truncation="right", num_threads=None):
-        super().__init__(cache_size=cache_size)
+                 truncation="right", num_threads=None, cache=None):
+        super().__init__(cache_size=cache_size, cache=cache)
         self.num_threads = _check_num_threads(num_threads)
         if not isinstance(cache_size, numbers.Integral) or isinstance(cache_size, bool) or cache_size < 0:
             raise ValueError(f"cache_size must be a non-negative int; got {cache_size!r}.")
@@ -808,6 +809,22 @@ class _HFBackend(PromptBackend):
         if self._get_handle().device.type != "cpu":
             return contextlib.nullcontext()
         return _torch_threads(self.effective_num_threads())
+
+    def _cache_identity(self):
+        """The model directory and every setting that changes a score (see ``cache``)."""
+        if not self.model_path:
+            raise BackendError(
+                "cache= needs a model with a local directory (a path, or an object whose name_or_path is one): "
+                "the answers on disk are keyed by it."
+            )
+        settings = {name: getattr(self, name, None) for name in ("template", "prompt_position", "truncation")}
+        return json.dumps({
+            "backend": type(self).__name__, "model": os.path.realpath(self.model_path),
+            "tokenizer": os.path.realpath(self.tokenizer_path) if self.tokenizer_path else None,
+            "dtype": self.dtype,
+            "verbalizer": None if self.verbalizer is None else {repr(k): v for k, v in self.verbalizer.items()},
+            **settings,
+        }, sort_keys=True)
 
     # -- public facts ---------------------------------------------------------
     @property
@@ -1121,6 +1138,11 @@ class CausalLMBackend(_HFBackend):
         ``docs/performance.md``).
     cache_size : int, default=100_000
         Size of the result cache of :class:`PromptBackend`.
+    cache : str, os.PathLike or None, default=None
+        A file keeping every answer on disk, so that an interrupted fit run
+        again replays them (see :class:`PromptBackend`); keyed by the model
+        directory, dtype, template, label words, layout and truncation. Only
+        for a model given as a path (or an object with a local directory).
     text_cache_mb : float, default=1024
         Memory bound of the LRU cache of per-text key/value caches
         (``"suffix"`` only); 0 disables it (each call still encodes each of
@@ -1212,7 +1234,7 @@ class CausalLMBackend(_HFBackend):
     def __init__(self, model, tokenizer=None, *, template="{text}\nAnswer:", verbalizer=None,
                  prompt_position="tail", batch_size=_DEFAULT_BATCH_SIZE, cache_size=100_000,
                  text_cache_mb=_DEFAULT_TEXT_CACHE_MB, device=None, dtype=None, truncation="right",
-                 num_threads=None):
+                 num_threads=None, cache=None):
         _check_placeholder(template, "text")
         if prompt_position not in ("suffix", "tail", "prefix"):
             raise ValueError(f"prompt_position must be 'suffix', 'tail' or 'prefix'; got {prompt_position!r}.")
@@ -1223,7 +1245,7 @@ class CausalLMBackend(_HFBackend):
         self.text_cache_mb = text_cache_mb
         super().__init__(model, tokenizer, template=template, verbalizer=verbalizer, batch_size=batch_size,
                          cache_size=cache_size, device=device, dtype=dtype, truncation=truncation,
-                         num_threads=num_threads)
+                         num_threads=num_threads, cache=cache)
 
     def _validate_template(self):
         head, tail = self.template.split("{text}")
@@ -1870,6 +1892,8 @@ class MaskedLMBackend(_HFBackend):
         Most (prompt, text) pairs per forward pass.
     cache_size : int, default=100_000
         Size of the result cache of :class:`PromptBackend`.
+    cache : str, os.PathLike or None, default=None
+        As in :class:`CausalLMBackend`.
     device, dtype
         As in :class:`CausalLMBackend` (only with a path).
     num_threads : int or None, default=None
@@ -1896,12 +1920,12 @@ class MaskedLMBackend(_HFBackend):
 
     def __init__(self, model, tokenizer=None, *, template="{text} It was {mask}.", verbalizer=None,
                  batch_size=_DEFAULT_BATCH_SIZE, cache_size=100_000, device=None, dtype=None, truncation="right",
-                 num_threads=None):
+                 num_threads=None, cache=None):
         _check_placeholder(template, "text")
         _check_placeholder(template, "mask")
         super().__init__(model, tokenizer, template=template, verbalizer=verbalizer, batch_size=batch_size,
                          cache_size=cache_size, device=device, dtype=dtype, truncation=truncation,
-                         num_threads=num_threads)
+                         num_threads=num_threads, cache=cache)
 
     def _validate_template(self):
         tok = self._get_handle().tokenizer
