@@ -325,7 +325,7 @@ CURVE_METHODS = ("bbt", "ensemble", "vi", "gradient")
 
 def run_learning_curves(out_dir, *, tasks=("rotten_tomatoes", "bbc_news"), methods=CURVE_METHODS,
                         seeds=(0, 1, 2), multipliers=(1, 3, 10), k=16, n_test=300, backend_factory=None,
-                        progress=True, plots=True):
+                        progress=True, plots=True, run_missing=True):
     """Accuracy, ECE and NLL against the fit's query budget.
 
     Each method runs at its defaults with ``max_iter`` multiplied by each of
@@ -345,11 +345,15 @@ def run_learning_curves(out_dir, *, tasks=("rotten_tomatoes", "bbc_news"), metho
         ``backend_factory(task) -> PromptBackend``; default: the bundled model
         with the task's template and label words.
     progress, plots : bool
+    run_missing : bool, default=True
+        ``False``: run nothing; make the table and the figures from the runs
+        already in ``out_dir`` (those of the same ``k`` and ``n_test``), e.g.
+        when only part of a grid fitted in the time there was.
 
     Returns
     -------
     list of dict
-        One record per (task, method, multiplier, seed).
+        One record per (task, method, multiplier, seed) found or run.
     """
     from tqdm.auto import tqdm
 
@@ -386,6 +390,9 @@ def run_learning_curves(out_dir, *, tasks=("rotten_tomatoes", "bbc_news"), metho
                     records.append(json.loads(path.read_text()))
                     bar.update(1)
                     continue
+                if not run_missing:
+                    bar.update(1)
+                    continue
                 if split is None:
                     split = few_shot_split(task.texts, task.target, n_per_class=k, n_val_per_class=k,
                                            n_test=n_test, random_state=seed)
@@ -415,7 +422,8 @@ def run_learning_curves(out_dir, *, tasks=("rotten_tomatoes", "bbc_news"), metho
     columns = [("accuracy", "acc"), ("ece", "ECE"), ("log_loss", "NLL"), ("fit_queries", "fit queries"),
                ("fit_time_s", "fit s")]
     records.sort(key=lambda r: (tasks.index(r["task"]), methods.index(r["method"]), r["multiplier"], r["seed"]))
-    (out_dir / "curves.md").write_text(mean_std_table(records, ["task", "method", "multiplier"], columns) + "\n")
+    (out_dir / "curves.md").write_text(mean_std_table(records, ["task", "method", "multiplier"], columns,
+                                                      count="seeds") + "\n")
     if plots:
         _plot_curves(records, tasks, methods, out_dir)
     return records

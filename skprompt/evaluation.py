@@ -94,7 +94,7 @@ def _fmt(values, digits):
     return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
 
 
-def mean_std_table(rows, group_by, columns, *, digits=None):
+def mean_std_table(rows, group_by, columns, *, digits=None, count=None):
     """A markdown table of mean ± std (sample std over runs) per group.
 
     Parameters
@@ -107,16 +107,19 @@ def mean_std_table(rows, group_by, columns, *, digits=None):
         Metric columns.
     digits : dict, optional
         Decimals per key (default 3; 0 for keys containing "queries").
+    count : str, optional
+        Header of a column with the number of runs of each group (none by default).
     """
     digits = digits or {}
     groups = {}
     for row in rows:
         groups.setdefault(tuple(row[k] for k in group_by), []).append(row)
-    header = "| " + " | ".join(list(group_by) + [h for _, h in columns]) + " |"
-    sep = "|" + "|".join(["---"] * (len(group_by) + len(columns))) + "|"
+    extra = [count] if count else []
+    header = "| " + " | ".join(list(group_by) + extra + [h for _, h in columns]) + " |"
+    sep = "|" + "|".join(["---"] * (len(group_by) + len(extra) + len(columns))) + "|"
     lines = [header, sep]
     for key, members in groups.items():
-        cells = [str(k) for k in key]
+        cells = [str(k) for k in key] + ([str(len(members))] if count else [])
         for col, _ in columns:
             d = digits.get(col, 0 if "queries" in col else 1 if "time" in col else 3)
             cells.append(_fmt([m.get(col) for m in members], d))

@@ -123,12 +123,17 @@ def test_learning_curves_write_a_resumable_table_and_figure(tmp_path):
     for method in ("bbt", "ensemble"):  # twice the generations spend about twice the queries
         assert 1.7 < by[(method, 2)]["fit_queries"] / by[(method, 1)]["fit_queries"] <= 2.0
     table = (tmp_path / "curves.md").read_text()
-    assert "| rotten_tomatoes | ensemble | 2 |" in table
+    assert "| rotten_tomatoes | ensemble | 2 | 1 |" in table  # task, method, multiplier, seeds
     assert (tmp_path / "curves_rotten_tomatoes.png").stat().st_size > 0
     # resuming reads the runs back instead of fitting again
     calls = []
     again = run_learning_curves(tmp_path, **{**kw, "backend_factory": lambda t: calls.append(t)})
     assert calls == [] and [r["accuracy"] for r in again] == [r["accuracy"] for r in records]
+    # report only: what is there, nothing run for the missing seed
+    partial = run_learning_curves(tmp_path, **{**kw, "seeds": (0, 1), "run_missing": False,
+                                             "backend_factory": lambda t: calls.append(t)})
+    assert calls == [] and len(partial) == 4
+    assert "| rotten_tomatoes | bbt | 1 | 1 |" in (tmp_path / "curves.md").read_text()
     with pytest.raises(ValueError, match="multipliers"):
         run_learning_curves(tmp_path, **{**kw, "multipliers": (0,)})
     with pytest.raises(ValueError, match="methods"):
