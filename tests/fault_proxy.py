@@ -22,6 +22,12 @@ import numpy as np
 FAULTS = ("503", "429", "drop", "reset", "delay")
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        # A client that timed out or a connection the proxy itself cut: part of the test, not an error.
+        pass
+
+
 class FaultProxy:
     """Forward ``http://127.0.0.1:<port>`` to ``upstream``, failing ``rate`` of the requests.
 
@@ -102,7 +108,7 @@ class FaultProxy:
 
             do_GET = do_POST = _handle
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
