@@ -854,6 +854,29 @@ def test_block_rows_match_one_row_per_pair(tiny_llama_dir, position):
         np.testing.assert_allclose(blocks, ref, atol=TOL)
 
 
+def test_block_rows_are_capped_in_balanced_chunks(tiny_llama_dir, monkeypatch):
+    backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0,
+                              prompt_position="suffix")
+    handle = backend._get_handle()
+    prompts = random_prompts(backend, 7, 2, seed=13)
+    handle.block_suffix = False
+    rows = backend.score(prompts, TEXTS, CLASSES)
+    shapes = []
+    handle.block_suffix = True
+    hook = backend.model.base_model.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["inputs_embeds"].shape[:2])), with_kwargs=True)
+    try:
+        n_suffix = 2 + len(backend._tail(handle))
+        monkeypatch.setattr(hf, "_BLOCK_QUERIES", 3 * n_suffix)  # at most 3 prompts per row
+        capped = backend.score(prompts, TEXTS, CLASSES)
+    finally:
+        hook.remove()
+        handle.block_suffix = None
+    # 7 prompts per text -> 3 rows of at most 3 blocks (padded to 3): 12 rows for the 4 texts
+    assert shapes == [(12, 3 * n_suffix)]
+    np.testing.assert_allclose(capped, rows, atol=TOL)
+
+
 def test_block_rows_fall_back_when_the_check_fails(tiny_llama_dir, monkeypatch):
     backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0,
                               prompt_position="suffix")
