@@ -271,7 +271,11 @@ def describe_machine():
             f"Python {platform.python_version()}; load average {os.getloadavg()[0]:.1f}")
 
 
-def compare(backend, texts, n_prompts, n_tokens, repeats, seed, naive=True):
+def compare(backend, texts, n_prompts, n_tokens, repeats, seed, naive=True, probe=None):
+    """Time the methods over ``repeats`` interleaved rounds. ``probe``, if
+    given, is called after each round and returns GEMM rates timed right
+    then (so that each round's rate is compared with the GEMM rate of the
+    same moment on a machine whose load drifts)."""
     layout = backend.prompt_position
     mean, std = backend.embedding_stats()
     rng = np.random.default_rng(seed)
@@ -287,7 +291,7 @@ def compare(backend, texts, n_prompts, n_tokens, repeats, seed, naive=True):
     backend.clear_text_cache()
 
     handle = backend._get_handle()
-    t_naive, t_batched, t_first, t_steady, t_rows, diffs = [], [], [], [], [], []
+    t_naive, t_batched, t_first, t_steady, t_rows, diffs, probes = [], [], [], [], [], [], []
     for _ in range(repeats):
         prompts = new_prompts()
         backend.clear_text_cache()
@@ -303,6 +307,8 @@ def compare(backend, texts, n_prompts, n_tokens, repeats, seed, naive=True):
         finally:
             handle.block_suffix = saved
         t_rows.append(dt)
+        if probe is not None:
+            probes.append(probe())
         if naive:
             dt, ref = timed(lambda: naive_scores(backend, prompts, texts, CLASSES, layout))
             t_naive.append(dt)
@@ -318,6 +324,9 @@ def compare(backend, texts, n_prompts, n_tokens, repeats, seed, naive=True):
         "steady_rows": statistics.median(t_rows),
         "first_best": min(t_first),
         "steady_best": min(t_steady),
+        "t_first": t_first,
+        "t_steady": t_steady,
+        "probes": probes,
         "max_abs_diff": max(diffs) if diffs else float("nan"),
         "n_pairs": n_prompts * len(texts),
     }
@@ -359,6 +368,15 @@ def hardware_report(backend, texts, r, n_prompts, n_suffix, limit_rate):
     steady_rate = steady_flops / r["steady_best"]
     first_rate = (steady_flops + encode_flops) / r["first_best"]
     first_gemm = (steady_flops + encode_flops) / (steady_flops / steady_gemm + encode_flops / encode_gemm)
+    if r.get("probes"):  # per round: the round's rate against the GEMM rate timed right after it
+        steady_frac = statistics.median(steady_flops / t / g_s for t, (g_s, _) in zip(r["t_steady"], r["probes"]))
+        first_frac = statistics.median(
+            (steady_flops + encode_flops) / t / ((steady_flops + encode_flops) / (steady_flops / g_s + encode_flops / g_e))
+            for t, (g_s, g_e) in zip(r["t_first"], r["probes"]))
+        per_round = (f"per round (each round against the same-shape GEMM timed right after it), median: "
+                     f"steady {steady_frac:.0%}, first call {first_frac:.0%}")
+    else:
+        per_round = None
     lines = [
         f"FLOPs: {per_token / 1e9:.3f} GFLOP per token through the linear layers; "
         f"{per_token * n_suffix / 1e9:.2f} GFLOP per steady pair ({n_suffix} suffix tokens), "
@@ -372,6 +390,8 @@ def hardware_report(backend, texts, r, n_prompts, n_suffix, limit_rate):
         f"first call:   {first_rate / 1e9:.1f} GFLOP/s = {first_rate / first_gemm:.0%} of the same-shape GEMM "
         f"rate, {first_rate / limit_rate:.0%} of the FLOP limit",
     ]
+    if per_round:
+        lines.append(per_round)
     peak = nominal_peak()
     if peak:
         threads = torch.get_num_threads()
@@ -397,7 +417,16 @@ def run_layout(path, layout, texts, args, out=print, limit_rate=None, model_name
         f"batch_size={backend.batch_size}")
     out(f"{args.n_prompts} prompts x {n_tokens} tokens ({n_suffix} suffix tokens per pair), {len(texts)} texts "
         f"(head tokens: median {int(np.median(heads))}, max {max(heads)}); median of {args.repeats} rounds")
-    r = compare(backend, texts, args.n_prompts, n_tokens, args.repeats, args.seed, naive=not args.no_naive)
+    probe = None
+    if limit_rate is not None:
+        shapes = _linear_shapes(backend.model)
+        rows_steady = steady_rows(backend, args.n_prompts * len(texts), len(texts), n_suffix)
+        rows_encode = min(backend.batch_size, len(texts)) * int(np.median(heads))
+
+        def probe():
+            return (gemm_rate(shapes, rows_steady, min_seconds=0.05), gemm_rate(shapes, rows_encode, min_seconds=0.05))
+    r = compare(backend, texts, args.n_prompts, n_tokens, args.repeats, args.seed, naive=not args.no_naive,
+                probe=probe)
     n = r["n_pairs"]
     rows = [("naive full forward (per pair)", "naive"), ("naive full forward (batched)", "naive_batched"),
             ("backend, first call (encodes texts)", "first"), ("backend, steady state (warm cache)", "steady"),

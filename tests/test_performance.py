@@ -74,6 +74,7 @@ def test_scoring_benchmark_reports_the_hardware_fractions(bench_scoring, tiny_ll
     assert re.search(r"steady state: [\d.]+ GFLOP/s = \d+% of the same-shape GEMM rate, \d+% of the FLOP limit",
                      printed), printed
     assert re.search(r"first call: +[\d.]+ GFLOP/s = \d+% of the same-shape GEMM rate", printed), printed
+    assert re.search(r"per round .*median: steady \d+%, first call \d+%", printed), printed
     assert "parity" not in printed
 
 
