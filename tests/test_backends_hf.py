@@ -623,8 +623,8 @@ def test_stream_texts_scores_without_touching_the_text_cache(tiny_llama_dir, pos
     assert after["hits"] == info["hits"] + 1 and after["misses"] == info["misses"] + len(NEW_TEXTS)
     if n_prompts == 1:  # no cache built for a text used once
         assert after["head_forwards"] == info["head_forwards"]
-    else:
-        assert after["head_forwards"] > info["head_forwards"]
+    else:  # about one micro-batch of texts encoded at a time: here (batch_size 2, 3 prompts) one by one
+        assert after["head_forwards"] - info["head_forwards"] == len(NEW_TEXTS)
     # outside the context the backend caches again
     backend.score(prompts, NEW_TEXTS[:2], CLASSES)
     assert backend.text_cache_info()["entries"] == info["entries"] + 2

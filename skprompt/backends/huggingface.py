@@ -1411,6 +1411,10 @@ class CausalLMBackend(_HFBackend):
         # are fetched (or encoded, batch_size texts per forward) just ahead of
         # their pairs and dropped from this call once their pairs are done, so
         # the memory held is bounded whatever the number of texts.
+        # Streaming (texts not kept) encodes only the texts of about one
+        # micro-batch at a time: the encoding forward's cache is the largest
+        # transient, and nothing is gained by encoding further ahead.
+        fetch = self.batch_size if keep else max(1, -(-self.batch_size // n_prompts))
         live = {}
         position = {h: i for i, h in enumerate(order)}
         for batch in _text_major_batches(order, n_prompts, self.batch_size):
@@ -1418,7 +1422,7 @@ class CausalLMBackend(_HFBackend):
             missing = [h for h in needed if h not in live]
             if missing:
                 start = position[missing[0]]
-                stop = max(start + self.batch_size, position[missing[-1]] + 1)
+                stop = max(start + fetch, position[missing[-1]] + 1)
                 chunk = [h for h in order[start:stop] if h not in live]
                 live.update(self._text_entries(handle, chunk, token_cache, store=keep))
             entries = [live[h] for h, _ in batch]
