@@ -10,7 +10,13 @@
 Both read the logits of the verbalizer tokens only (a handful of rows of the
 output embedding), never the full-vocabulary projection, and score many
 (prompt, text) pairs per forward pass, padded so that the padding never
-changes a score.
+changes a score. The causal backend scores all of a text's prompts in one
+row against one copy of its cache where the model allows it.
+
+Prediction on new texts runs inside :meth:`CausalLMBackend.stream_texts`
+(the estimators enter it): those texts are not kept in the cache that serves
+fitting. Both backends set torch's threads to ``num_threads`` for the
+duration of a call (see ``docs/performance.md``).
 
 Models are loaded once per process (:func:`load_pretrained`); a backend
 pickles as its recipe (model path, template, verbalizer, options), so copies
@@ -37,7 +43,7 @@ import torch
 
 from .base import BackendError, ContextWarning, PromptBackend
 
-__all__ = ["CausalLMBackend", "MaskedLMBackend", "load_pretrained", "clear_model_cache"]
+__all__ = ["CausalLMBackend", "MaskedLMBackend", "load_pretrained", "clear_model_cache", "default_num_threads"]
 
 # --------------------------------------------------------------------------
 # Per-process model registry
@@ -1149,8 +1155,9 @@ class CausalLMBackend(_HFBackend):
         for a model given as a path (or an object with a local directory).
     text_cache_mb : float, default=1024
         Memory bound of the LRU cache of per-text key/value caches
-        (``"suffix"`` only); 0 disables it (each call still encodes each of
-        its texts once).
+        (``"tail"`` and ``"suffix"``); 0 disables it (each call still encodes
+        each of its texts once). Texts scored inside :meth:`stream_texts`
+        (prediction) are not added to it.
     device : str or torch.device, default=None
         Only with a path: ``None`` means ``"cuda"`` if available, else
         ``"cpu"``. A model object is used where it is.
