@@ -710,6 +710,18 @@ def test_default_num_threads_follows_omp_num_threads_then_affinity(tiny_llama_di
     assert hf.default_num_threads() == cpus == backend.effective_num_threads()
 
 
+def test_joblib_loky_workers_default_to_their_share_of_the_cpus(monkeypatch):
+    # GridSearchCV(n_jobs=k) / cross_val_score(n_jobs=k) run loky workers, which
+    # joblib starts with OMP_NUM_THREADS = cpu_count // k (unless it is set):
+    # num_threads=None follows it, so the workers never oversubscribe the CPUs.
+    from joblib import Parallel, cpu_count, delayed
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    got = Parallel(n_jobs=2, backend="loky")(delayed(hf.default_num_threads)() for _ in range(2))
+    assert got == [max(cpu_count() // 2, 1)] * 2
+    assert sum(got) <= max(cpu_count(), 2)
+
+
 # ------------------------------------------------------------------ context
 LONG = " ".join(["the film was a long and winding road"] * 60)  # far past the tiny models' 256 positions
 
