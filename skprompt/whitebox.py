@@ -27,7 +27,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from ._estimator import ProbaMethodsMixin, validation_split
+from ._estimator import ProbaMethodsMixin, streaming, validation_split
 from ._validation import check_labels, check_param, check_texts
 from .backends.base import PromptBackend
 from .backends.huggingface import CausalLMBackend, MaskedLMBackend
@@ -351,7 +351,8 @@ class GradientPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         """
         check_is_fitted(self, "prompt_embeddings_")
         texts = check_texts(X)
-        outputs = self.backend_.score(self.prompt_embeddings_, texts, list(self.classes_))
+        with streaming(self.backend_):  # new texts pass through; the fit's text cache is kept as it is
+            outputs = self.backend_.score(self.prompt_embeddings_, texts, list(self.classes_))
         return aggregate_outputs(outputs, self.weights_, len(self.classes_))
 
 

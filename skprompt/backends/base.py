@@ -144,6 +144,12 @@ class PromptBackend:
     The estimator keeps its own count of the pairs it *asked for*
     (``n_queries_``), which does not depend on what happened to be cached.
 
+    Optional hook: a backend that caches per-text work for fitting may offer
+    ``stream_texts()``, a context manager the estimators enter around
+    prediction, so that new texts seen once do not fill that cache (the
+    transformers backends have it; see ``CausalLMBackend.stream_texts``).
+    Backends without it are called as always.
+
     A backend is not fitted state: ``copy.deepcopy`` (and so, for backends
     without parameters, :func:`sklearn.base.clone`) returns the backend
     itself, and the cache and counters are not pickled. The transformers
