@@ -34,11 +34,16 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
 import warnings
 
 import numpy as np
+
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _machine import cpu_name  # noqa: E402
 
 TEMPLATE = "Review: {text}\nSentiment:"
 VERBALIZER = {"fresh": "positive", "rotten": "negative"}
@@ -114,12 +119,7 @@ def main(argv=None, make_backend=None, data=None):
 
             rt = load_rotten_tomatoes()
             data = (rt.texts, rt.target)
-        cpu = "?"
-        try:
-            with open("/proc/cpuinfo") as fh:
-                cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-        except (OSError, StopIteration):
-            pass
+        cpu = cpu_name()
         print(f"machine: {cpu}; {len(os.sched_getaffinity(0))} usable cores; torch {torch.__version__} "
               f"({torch.get_num_threads()} threads); Python {platform.python_version()}; "
               f"load average {os.getloadavg()[0]:.1f}")

@@ -41,6 +41,9 @@ import warnings
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _machine import cpu_name  # noqa: E402
+
 TEMPLATE = "Review: {text}\nSentiment:"
 VERBALIZER = {"fresh": "positive", "rotten": "negative"}
 
@@ -195,12 +198,7 @@ def main(argv=None):
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or any(m not in ("stream", "legacy") for m in modes):
         parser.error(f"--modes must name stream and/or legacy; got {args.modes!r}")
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     print(f"machine: {cpu}; {len(os.sched_getaffinity(0))} usable cores; {args.threads} torch thread(s); "
           f"load average {os.getloadavg()[0]:.1f}")
     results = {}

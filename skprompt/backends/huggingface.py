@@ -1680,16 +1680,7 @@ class CausalLMBackend(_HFBackend):
             for row, n in enumerate(n_head):
                 x[row, n: n + n_suffix] = suffix
             last = torch.as_tensor([n + n_suffix - 1 for n in n_head], device=device)
-            rows = torch.arange(len(batch), device=device)
-            with self._lock:
-                self._text_stats["forwards"] += 1
-            if readout.fast:
-                hidden = handle.base(inputs_embeds=x, use_cache=False).last_hidden_state[rows, last]
-                scores = readout.logits(hidden, token_ids)
-            else:
-                logits = handle.model(inputs_embeds=x, use_cache=False).logits[rows, last]
-                scores = logits.index_select(-1, torch.as_tensor(token_ids, device=device)).float()
-            scores = scores.cpu().numpy()
+            scores = self._full_forward_scores(handle, readout, x, last, token_ids).cpu().numpy()
             for row, head in enumerate(batch):
                 out[0, columns[head]] = scores[row]
 
@@ -1719,17 +1710,20 @@ class CausalLMBackend(_HFBackend):
                 if embedded[j] is not None:
                     x[row, pos: pos + len(bodies[j])] = embedded[j]
             last = torch.as_tensor(lengths[[j for j, _ in batch]] - 1, device=handle.device)
-            rows = torch.arange(len(batch), device=handle.device)
-            with self._lock:
-                self._text_stats["forwards"] += 1
             # Right padding and a causal model: no token looks at the padding.
-            if readout.fast:
-                hidden = handle.base(inputs_embeds=x, use_cache=False).last_hidden_state[rows, last]
-                scores = readout.logits(hidden, token_ids)
-            else:
-                logits = handle.model(inputs_embeds=x, use_cache=False).logits[rows, last]
-                scores = logits.index_select(-1, torch.as_tensor(token_ids, device=handle.device)).float()
+            scores = self._full_forward_scores(handle, readout, x, last, token_ids)
             out[[p for _, p in batch], [j for j, _ in batch]] = scores.cpu().numpy()
+
+    def _full_forward_scores(self, handle, readout, x, last, token_ids):
+        """Class scores (B, C) read at positions ``last`` of a full forward of ``x`` (B, T, D)."""
+        rows = torch.arange(x.shape[0], device=handle.device)
+        with self._lock:
+            self._text_stats["forwards"] += 1
+        if readout.fast:
+            hidden = handle.base(inputs_embeds=x, use_cache=False).last_hidden_state[rows, last]
+            return readout.logits(hidden, token_ids)
+        logits = handle.model(inputs_embeds=x, use_cache=False).logits[rows, last]
+        return logits.index_select(-1, torch.as_tensor(token_ids, device=handle.device)).float()
 
     # ==== differentiable scoring: the white-box path (skprompt.whitebox) ==========
     # Not part of the black-box protocol: only GradientPromptClassifier calls it.
