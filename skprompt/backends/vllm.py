@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .base import BackendError, PromptBackend, TransientBackendError, call_with_retries
-from .huggingface import _HFBackend, _ModelHandle, _check_placeholder, _embedding_stats, TRUNCATION
+from .huggingface import TRUNCATION, CausalLMBackend, _check_placeholder, _HFBackend, _ModelHandle
 
 __all__ = ["VLLMBackend", "API_KEY_ENV"]
 
@@ -335,28 +335,12 @@ class VLLMBackend(_HFBackend):
             "unknown_answer": self.unknown_answer,
         }, sort_keys=True)
 
-    @property
-    def default_prompt_length(self):
-        if self.prompt_position != "tail":
-            return None
-        return max(len(self._tail()), 1)
-
-    def _tail(self):
-        if self._tail_ids is None:
-            self._tail_ids = self._get_handle().encode(self._tail_text) if self._tail_text else []
-        return self._tail_ids
-
-    def initial_prompt(self, n_prompt_tokens):
-        """As :meth:`CausalLMBackend.initial_prompt`: the tail's embeddings with ``"tail"``."""
-        if self.prompt_position != "tail" or n_prompt_tokens <= 0:
-            return None
-        handle = self._get_handle()
-        tail = self._tail()
-        kept = tail[max(len(tail) - n_prompt_tokens, 0):]
-        emb = handle.embed(kept).numpy() if kept else np.zeros((0, self.embedding_dim), dtype=np.float32)
-        mean, _ = self.embedding_stats()
-        extra = np.tile(np.asarray(mean, dtype=np.float32), (n_prompt_tokens - len(kept), 1))
-        return np.vstack([extra, emb]).astype(np.float32)
+    # The inputs are CausalLMBackend's: its tail, untuned prompt and head
+    # tokenisation, run on this backend's client handle (tokenizer and table).
+    default_prompt_length = CausalLMBackend.default_prompt_length
+    initial_prompt = CausalLMBackend.initial_prompt
+    _tail = CausalLMBackend._tail
+    _head_ids = CausalLMBackend._head_ids
 
     def check_classes(self, classes):
         """Check the label words, and the server and its key (before any query of a fit)."""
@@ -436,7 +420,7 @@ class VLLMBackend(_HFBackend):
         """The input embeddings of every (prompt, text) pair, as CausalLMBackend lays them out."""
         handle = self._get_handle()
         n_prompt = prompts.shape[1]
-        tail = self._tail()
+        tail = self._tail(handle)
         if self.prompt_position == "prefix":
             bodies = handle.encode_batch([self._head_template + t + self._tail_text for t in texts])
             prefix = handle.special_prefix()
@@ -448,10 +432,6 @@ class VLLMBackend(_HFBackend):
             return lambda p, j: torch.cat([heads[j], kept, prompts[p]])
         after = handle.embed(tail)
         return lambda p, j: torch.cat([heads[j], prompts[p], after])
-
-    def _head_ids(self, handle, heads):
-        prefix = handle.special_prefix()
-        return [prefix + ids for ids in handle.encode_batch(heads)]
 
     def _run_pairs(self, prompt_embeddings, texts, classes, answer):
         """``answer(the pairs' input embeddings, token ids, model name)`` per request
