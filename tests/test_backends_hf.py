@@ -906,3 +906,47 @@ def test_block_rows_fall_back_when_the_check_fails(tiny_llama_dir, monkeypatch):
         handle.block_suffix = None
     ref = naive_causal(backend.model, backend.tokenizer, prompts, TEXTS, CAUSAL_TEMPLATE, ["positive", "negative"])
     np.testing.assert_allclose(scores, ref, atol=TOL)
+
+
+# ------------------------------------------------------------ dtype="auto"
+@pytest.mark.parametrize("fast", [True, False])
+def test_dtype_auto_follows_the_hardware(tiny_llama_dir, monkeypatch, fast):
+    monkeypatch.setattr(hf, "fast_bf16", lambda device: fast)
+    auto = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, dtype="auto")
+    assert auto.get_params()["dtype"] == "auto"  # kept as asked: it is chosen again where it is loaded
+    assert auto.compute_dtype == ("bfloat16" if fast else "float32")
+    assert auto.model.dtype == (torch.bfloat16 if fast else torch.float32)
+    fp32 = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER)
+    prompts = random_prompts(fp32, 2, 3)
+    got, ref = auto.score(prompts, TEXTS, CLASSES), fp32.score(prompts, TEXTS, CLASSES)
+    assert np.isfinite(got).all()
+    if fast:
+        assert 0 < np.abs(got - ref).max() < 0.2  # bfloat16: close, not equal
+        assert auto._cache_identity() != fp32._cache_identity()  # a disk cache never mixes the two
+    else:
+        np.testing.assert_array_equal(got, ref)
+        assert auto._cache_identity() == fp32._cache_identity()
+
+
+def test_dtype_auto_is_chosen_again_after_unpickling(tiny_llama_dir, monkeypatch):
+    monkeypatch.setattr(hf, "fast_bf16", lambda device: True)
+    backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, dtype="auto")
+    assert backend.compute_dtype == "bfloat16"
+    blob = pickle.dumps(backend)
+    monkeypatch.setattr(hf, "fast_bf16", lambda device: False)  # loaded on a machine without AMX
+    assert pickle.loads(blob).compute_dtype == "float32"
+
+
+def test_fast_bf16_reads_torchs_cpu_flags(monkeypatch):
+    from skprompt.backends import fast_bf16
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    assert fast_bf16("cpu") is False
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert fast_bf16("cpu") is True
+
+
+def test_bad_dtype_is_refused_naming_it(tiny_llama_dir):
+    with pytest.raises(ValueError, match='dtype must be None, "auto"'):
+        CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, dtype="fast")

@@ -14,9 +14,10 @@ from .base import BackendError, ContextWarning, PromptBackend, TransientBackendE
 from .function import FunctionBackend
 
 # name -> submodule that defines it, imported on first access (it imports torch).
-_LAZY = {"CausalLMBackend": "huggingface", "MaskedLMBackend": "huggingface", "VLLMBackend": "vllm"}
+_LAZY = {"CausalLMBackend": "huggingface", "MaskedLMBackend": "huggingface", "VLLMBackend": "vllm",
+         "fast_bf16": "huggingface"}
 
 __all__ = ["PromptBackend", "BackendError", "TransientBackendError", "ContextWarning", "FunctionBackend", "CausalLMBackend", "MaskedLMBackend",
-           "VLLMBackend"]
+           "VLLMBackend", "fast_bf16"]
 
 __getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY, __all__)

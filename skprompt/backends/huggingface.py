@@ -66,9 +66,45 @@ def _dtype_name(dtype):
     return str(dtype).replace("torch.", "")
 
 
-def _resolve_dtype(dtype):
+def fast_bf16(device="cpu"):
+    """Whether ``device`` multiplies bfloat16 matrices in hardware.
+
+    On a CPU: AMX (``amx_tile``) or AVX512-BF16, as torch detects them; on
+    AVX2-only CPUs torch emulates bfloat16 and it is slower than float32. On
+    CUDA: :func:`torch.cuda.is_bf16_supported`. This is what
+    ``dtype="auto"`` reads.
+
+    Parameters
+    ----------
+    device : str or torch.device, default="cpu"
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> from skprompt.backends import fast_bf16
+    >>> isinstance(fast_bf16("cpu"), bool)
+    True
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        cpu = getattr(torch, "cpu", None)
+        checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+        return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return False
+
+
+def _resolve_dtype(dtype, device=None):
     if dtype is None:
         return torch.float32
+    if isinstance(dtype, str) and dtype == "auto":
+        # bfloat16 only where the hardware multiplies it: measured parity and
+        # speed are in docs/performance.md ("bfloat16").
+        return torch.bfloat16 if fast_bf16(_resolve_device(device)) else torch.float32
     if isinstance(dtype, torch.dtype):
         if not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating-point torch dtype; got {dtype}.")
@@ -77,7 +113,9 @@ def _resolve_dtype(dtype):
         resolved = getattr(torch, dtype.replace("torch.", ""), None)
         if isinstance(resolved, torch.dtype) and resolved.is_floating_point:
             return resolved
-    raise ValueError(f"dtype must be None, a floating torch.dtype or its name (e.g. 'float32'); got {dtype!r}.")
+    raise ValueError(
+        f"dtype must be None, \"auto\", a floating torch.dtype or its name (e.g. 'float32'); got {dtype!r}."
+    )
 
 
 def _resolve_device(device):
@@ -113,7 +151,8 @@ def load_pretrained(path, *, kind="causal", dtype=None, device=None):
     kind : {"causal", "masked"}, default="causal"
         Load with ``AutoModelForCausalLM`` or ``AutoModelForMaskedLM``.
     dtype : torch.dtype or str, default=None
-        ``None`` means float32.
+        ``None`` means float32; ``"auto"`` means bfloat16 where the device
+        multiplies it in hardware (:func:`fast_bf16`), float32 elsewhere.
     device : str or torch.device, default=None
         ``None`` means ``"cuda"`` if available, else ``"cpu"``.
 
@@ -149,7 +188,7 @@ def _load_handle(path, *, kind, dtype=None, device=None, tokenizer_path=None):
         if tok_real is None and not (os.path.isdir(os.fspath(tokenizer_path))):
             raise ValueError(f"tokenizer must be a tokenizer object or a local directory; got {tokenizer_path!r}.")
         tok_real = tok_real or os.path.realpath(os.fspath(tokenizer_path))
-    dtype = _resolve_dtype(dtype)
+    dtype = _resolve_dtype(dtype, device)
     device = _resolve_device(device)
     key = (real, tok_real, kind, _dtype_name(dtype), str(device))
     with _LOAD_LOCK:
@@ -578,7 +617,10 @@ class _HFBackend(PromptBackend):
                 raise ValueError("With model given as a path, tokenizer must be None or a path too; "
                                  f"got {type(tokenizer).__name__}.")
             self.tokenizer_path = os.fspath(tokenizer) if tokenizer is not None else None
-            self.dtype = _dtype_name(_resolve_dtype(dtype))
+            # "auto" is kept as asked, so that a pickled backend picks again on
+            # the machine that loads it; the dtype in use is compute_dtype.
+            self.dtype = "auto" if isinstance(dtype, str) and dtype == "auto" else _dtype_name(
+                _resolve_dtype(dtype, device))
             self.device = str(_resolve_device(device))
             self._handle = None
             self._get_handle()  # load now: a wrong path fails here, not mid-fit
@@ -827,12 +869,18 @@ class _HFBackend(PromptBackend):
         return json.dumps({
             "backend": type(self).__name__, "model": os.path.realpath(self.model_path),
             "tokenizer": os.path.realpath(self.tokenizer_path) if self.tokenizer_path else None,
-            "dtype": self.dtype,
+            "dtype": self.compute_dtype,
             "verbalizer": None if self.verbalizer is None else {repr(k): v for k, v in self.verbalizer.items()},
             **settings,
         }, sort_keys=True)
 
     # -- public facts ---------------------------------------------------------
+    @property
+    def compute_dtype(self):
+        """The dtype the model computes in, as a name (``"float32"``,
+        ``"bfloat16"``): what ``dtype="auto"`` chose on this machine."""
+        return _dtype_name(self._get_handle().dtype)
+
     @property
     def model(self):
         """The transformers model object (loaded on first access after unpickling)."""
@@ -1162,7 +1210,12 @@ class CausalLMBackend(_HFBackend):
         Only with a path: ``None`` means ``"cuda"`` if available, else
         ``"cpu"``. A model object is used where it is.
     dtype : torch.dtype or str, default=None
-        Only with a path: ``None`` means float32.
+        Only with a path: ``None`` means float32. ``"auto"`` means bfloat16
+        where the device multiplies it in hardware (a CPU with AMX or
+        AVX512-BF16, a CUDA GPU with bfloat16; :func:`fast_bf16`) and
+        float32 elsewhere; :attr:`compute_dtype` says which. It is not the
+        default: bfloat16 flips some predicted labels (measured in
+        docs/performance.md).
     truncation : {"right", "left", "error"}, default="right"
         What happens to a text too long for the model's context
         (:meth:`context_length`, less the template, the soft prompt and the
