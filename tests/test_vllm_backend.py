@@ -71,6 +71,7 @@ def test_scores_equal_the_in_process_backend(server, tiny_llama_dir, key_env, po
     local_mean, local_std = local.embedding_stats()
     np.testing.assert_allclose(mean, local_mean, atol=1e-6)
     assert std == pytest.approx(local_std)
+    assert remote.compute_dtype is None and local.compute_dtype == "float32"  # the server's --dtype decides
     if position == "tail":
         assert remote.default_prompt_length == local.default_prompt_length
         np.testing.assert_allclose(remote.initial_prompt(4), local.initial_prompt(4), atol=1e-7)

@@ -335,6 +335,11 @@ class VLLMBackend(_HFBackend):
             "unknown_answer": self.unknown_answer,
         }, sort_keys=True)
 
+    @property
+    def compute_dtype(self):
+        """None: the server computes in the dtype it was started with (vLLM's ``--dtype``)."""
+        return None
+
     # The inputs are CausalLMBackend's: its tail, untuned prompt and head
     # tokenisation, run on this backend's client handle (tokenizer and table).
     default_prompt_length = CausalLMBackend.default_prompt_length
