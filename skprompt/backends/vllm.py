@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .base import BackendError, PromptBackend, TransientBackendError, call_with_retries
-from .huggingface import TRUNCATION, CausalLMBackend, _check_placeholder, _HFBackend, _ModelHandle
+from .huggingface import TRUNCATION, CausalLMBackend, _check_placeholder, _ModelHandle, _TokenizedBackend
 
 __all__ = ["VLLMBackend", "API_KEY_ENV"]
 
@@ -116,7 +116,7 @@ def _encode_embeds(tensor):
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-class VLLMBackend(_HFBackend):
+class VLLMBackend(_TokenizedBackend):
     """A causal language model served by vLLM, over its OpenAI-compatible API.
 
     Soft prompts are sent as input embeddings (vLLM's ``prompt_embeds``; the
@@ -241,7 +241,7 @@ class VLLMBackend(_HFBackend):
             raise ValueError(f"api_key_env must be the name of an environment variable; got {api_key_env!r}.")
         if not isinstance(cache_size, numbers.Integral) or isinstance(cache_size, bool) or cache_size < 0:
             raise ValueError(f"cache_size must be a non-negative int; got {cache_size!r}.")
-        PromptBackend.__init__(self, cache_size=cache_size, cache=cache)
+        super().__init__(cache_size=cache_size, cache=cache)
         self.base_url = base_url.rstrip("/")
         self.model_dir = os.fspath(model_dir)
         self.served_model = served_model
@@ -291,14 +291,13 @@ class VLLMBackend(_HFBackend):
             self._api_key = other._api_key
 
     def __getstate__(self):
-        state = PromptBackend.__getstate__(self)
-        for key in ("_handle", "_client", "_server", "_api_key", "_token_ids", "_fitted_texts",
-                    "_context_checked", "_tail_ids"):
+        state = super().__getstate__()
+        for key in ("_handle", "_client", "_server", "_api_key", "_tail_ids"):
             state.pop(key, None)
         return state
 
     def __setstate__(self, state):
-        PromptBackend.__setstate__(self, state)
+        super().__setstate__(state)
         self._handle = None
         self._api_key = None  # read from api_key_env again
 
