@@ -631,6 +631,26 @@ def test_stream_texts_scores_without_touching_the_text_cache(tiny_llama_dir, pos
     assert backend._streaming == 0
 
 
+def test_streaming_returns_freed_memory_between_chunks(tiny_llama_dir, monkeypatch):
+    # Each streamed chunk of texts after the first asks the allocator to give
+    # the previous chunks' freed memory back (docs/performance.md); fitting
+    # (texts kept) never does.
+    calls = []
+    monkeypatch.setattr(hf, "_trim_heap", lambda: calls.append(1))
+    backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0,
+                              batch_size=2)
+    prompts = random_prompts(backend, 3, 2, seed=8)
+    backend.score(prompts, NEW_TEXTS, CLASSES)
+    assert calls == []
+    backend.clear_text_cache()
+    with backend.stream_texts():
+        backend.score(prompts, NEW_TEXTS, CLASSES)
+    assert len(calls) == len(NEW_TEXTS) - 1  # batch_size 2, 3 prompts: one text a chunk
+    hf._malloc_trim.cache_clear()
+    monkeypatch.undo()
+    hf._trim_heap()  # the real one runs (glibc) or does nothing, without error
+
+
 def test_stream_texts_one_prompt_matches_the_naive_forward(tiny_llama_dir):
     backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0,
                               prompt_position="suffix")
