@@ -435,6 +435,7 @@ def _plot_curves(records, tasks, methods, out_dir):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     for task in tasks:
         fig, axes = plt.subplots(1, 3, figsize=(13, 4))
@@ -449,6 +450,7 @@ def _plot_curves(records, tasks, methods, out_dir):
                 ax.errorbar(x, [np.mean(v) for v in ys], yerr=[np.std(v) for v in ys], marker="o",
                             capsize=3, label=method)
                 ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap
                 ax.set_xlabel("fit queries ((prompt, text) pairs)")
                 ax.set_ylabel({"accuracy": "accuracy", "ece": "ECE (10 bins)", "log_loss": "NLL"}[metric])
         axes[0].legend()
