@@ -105,7 +105,7 @@ def _resolve_dtype(dtype, device=None):
         return torch.float32
     if isinstance(dtype, str) and dtype == "auto":
         # bfloat16 only where the hardware multiplies it: measured parity and
-        # speed are in docs/performance.md ("bfloat16").
+        # speed are in docs/performance.md ("bf16").
         return torch.bfloat16 if fast_bf16(_resolve_device(device)) else torch.float32
     if isinstance(dtype, torch.dtype):
         if not dtype.is_floating_point:
