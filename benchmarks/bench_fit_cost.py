@@ -75,11 +75,16 @@ def linear_fit(pairs, texts, seconds):
     return coef, r2, pred
 
 
-def fit_once(make_backend, X, y, iters, popsize, seed):
-    """One fit on a fresh backend: dict of cpu, wall, pairs, texts, queries."""
+def fit_once(make_backend, X, y, iters, popsize, seed, threads=None):
+    """One fit on a fresh backend: dict of cpu, wall, pairs, texts, queries.
+
+    ``threads`` sets the backend's ``num_threads`` (which, not torch's global
+    count, decides the threads of its calls; its default is every CPU)."""
     from skprompt import BlackBoxPromptClassifier
 
     backend = make_backend()
+    if threads is not None and "num_threads" in backend.get_params():
+        backend.set_params(num_threads=threads)
     clf = BlackBoxPromptClassifier(backend, method="bbt", popsize=popsize, max_iter=iters, random_state=seed)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     with warnings.catch_warnings():
@@ -87,7 +92,7 @@ def fit_once(make_backend, X, y, iters, popsize, seed):
         clf.fit(X, y)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     return {"cpu": cpu, "wall": wall, "pairs": backend.stats["pairs"], "texts": len(set(X)),
-            "queries": clf.n_queries_, "iters": clf.n_iter_}
+            "queries": clf.n_queries_, "iters": clf.n_iter_, "num_threads": backend.get_params().get("num_threads")}
 
 
 def main(argv=None, make_backend=None, data=None):
@@ -125,7 +130,7 @@ def main(argv=None, make_backend=None, data=None):
               f"load average {os.getloadavg()[0]:.1f}")
         # Warm-up (not recorded): load the weights, initialise the kernels.
         X, y = balanced_sample(*data, 8, args.seed + 1)
-        fit_once(make_backend, X, y, 1, 2, args.seed)
+        fit_once(make_backend, X, y, 1, 2, args.seed, args.threads)
 
         rows = []
         print(f"\nmethod='bbt', popsize={args.popsize}, default backend options; a fresh backend per fit")
@@ -133,7 +138,7 @@ def main(argv=None, make_backend=None, data=None):
         for n in text_counts:
             X, y = balanced_sample(*data, n, args.seed)
             for iters in iter_counts:
-                r = fit_once(make_backend, X, y, iters, args.popsize, args.seed)
+                r = fit_once(make_backend, X, y, iters, args.popsize, args.seed, args.threads)
                 rows.append(r)
                 print(f"{r['texts']:>6}{r['iters']:>6}{r['pairs']:>8}{r['cpu']:>9.2f}{r['wall']:>9.2f}", flush=True)
         coef, r2, pred = linear_fit([r["pairs"] for r in rows], [r["texts"] for r in rows], [r["cpu"] for r in rows])

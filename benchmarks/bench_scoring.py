@@ -413,8 +413,10 @@ def run_layout(path, layout, texts, args, out=print, limit_rate=None, model_name
     from skprompt.backends import CausalLMBackend
 
     kwargs = {} if args.batch_size is None else {"batch_size": args.batch_size}
+    # num_threads: the backend sets torch's thread count for its own calls
+    # (default: every CPU), so --threads must reach it, not only torch.
     backend = CausalLMBackend(path, template=TEMPLATE, verbalizer=VERBALIZER, cache_size=0,
-                              prompt_position=layout, **kwargs)
+                              prompt_position=layout, num_threads=args.threads, **kwargs)
     n_tokens = args.n_tokens
     if n_tokens is None:
         n_tokens = backend.default_prompt_length or 5
@@ -456,12 +458,12 @@ def run_layout(path, layout, texts, args, out=print, limit_rate=None, model_name
     return r
 
 
-def sweep(path, texts, sizes, n_prompts, n_tokens, repeats, seed, layout="tail"):
+def sweep(path, texts, sizes, n_prompts, n_tokens, repeats, seed, layout="tail", threads=1):
     """Steady-state and first-call cost per pair for several batch sizes."""
     from skprompt.backends import CausalLMBackend
 
     backends = {bs: CausalLMBackend(path, template=TEMPLATE, verbalizer=VERBALIZER, batch_size=bs, cache_size=0,
-                                    prompt_position=layout)
+                                    prompt_position=layout, num_threads=threads)
                 for bs in sizes}
     first_backend = backends[sizes[0]]
     if n_tokens is None:
@@ -619,7 +621,8 @@ def _run(args, layouts, texts):
     print(f"machine: {describe_machine()}; times in {CLOCK['name']} seconds")
     if args.sweep_batch_size:
         sizes = [int(s) for s in args.sweep_batch_size.split(",")]
-        sweep(path, texts, sizes, args.sweep_prompts, args.n_tokens, args.repeats, args.seed, layouts[0])
+        sweep(path, texts, sizes, args.sweep_prompts, args.n_tokens, args.repeats, args.seed, layouts[0],
+              threads=args.threads)
         return {}
     if args.sweep_threads:
         counts = [int(s) for s in args.sweep_threads.split(",")]

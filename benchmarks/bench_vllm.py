@@ -75,7 +75,8 @@ def main(argv=None):
         remote = VLLMBackend(url, model_dir, template=TEMPLATE, verbalizer=VERBALIZER, cache_size=0,
                              api_key_env=args.api_key_env, max_concurrency=args.max_concurrency,
                              pairs_per_request=args.pairs_per_request)
-        local = CausalLMBackend(model_dir, template=TEMPLATE, verbalizer=VERBALIZER, cache_size=0)
+        local = CausalLMBackend(model_dir, template=TEMPLATE, verbalizer=VERBALIZER, cache_size=0,
+                                num_threads=args.threads)
         init = local.initial_prompt(local.default_prompt_length)
         _, std = local.embedding_stats()
 

@@ -35,6 +35,27 @@ def bench_scoring():
     return _load("bench_scoring")
 
 
+def test_scoring_benchmark_scores_on_the_threads_it_reports(bench_scoring, tiny_llama_dir, monkeypatch, capsys):
+    # The backend sets torch's threads for its own calls (default: every CPU);
+    # --threads 1 must reach it, or the "1 thread" figures run on all cores.
+    from skprompt.backends import huggingface
+
+    seen = []
+    set_threads = huggingface._torch_threads
+
+    def recording(n):
+        seen.append(n)
+        return set_threads(n)
+
+    monkeypatch.setattr(huggingface, "_torch_threads", recording)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # what a default backend would take
+    bench_scoring.main(["--model", tiny_llama_dir, "--n-prompts", "2", "--repeats", "1", "--no-naive",
+                        "--no-limit", "--no-dtypes", "--threads", "1"], texts=TEXTS)
+    bench_scoring.main(["--model", tiny_llama_dir, "--sweep-batch-size", "2,4", "--sweep-prompts", "2",
+                        "--repeats", "1", "--threads", "1"], texts=TEXTS)
+    assert seen and set(seen) == {1}, seen
+
+
 @pytest.mark.parametrize("n_tokens", [2, 5])  # shorter and longer than the tail
 def test_scoring_benchmark_prints_parity_per_layout(bench_scoring, tiny_llama_dir, capsys, n_tokens):
     threads = torch.get_num_threads()
@@ -109,6 +130,9 @@ def test_fit_cost_benchmark_runs_at_a_tiny_size(tiny_llama_dir, capsys):
     rows = out["rows"]
     assert [(r["texts"], r["iters"]) for r in rows] == [(8, 1), (8, 2), (16, 1), (16, 2)]
     assert len(made) == 5 and len({id(b) for b in made}) == 5  # warm-up + a fresh backend per fit
+    # --threads (default 1) reaches every backend, whose own default is every CPU
+    assert [b.get_params()["num_threads"] for b in made] == [1] * 5
+    assert [r["num_threads"] for r in rows] == [1] * 4
     for r in rows:  # the pairs really scored by the model, at most the pairs asked for
         assert 0 < r["pairs"] <= r["queries"] and r["cpu"] > 0
     assert rows[1]["pairs"] > rows[0]["pairs"] and rows[3]["pairs"] > rows[2]["pairs"]
