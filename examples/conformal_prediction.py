@@ -17,9 +17,11 @@ Two classifiers on the bundled SmolLM2-135M-Instruct and Rotten Tomatoes:
   smoothed vote of 16 prompts. Most texts get a unanimous vote, so these
   probabilities take few distinct values and the plain "lac" score, whose
   threshold then falls on a tie, returns both labels for every text
-  (coverage 1, no information). :class:`RandomizedLAC` breaks the ties at
-  random, as conformal prediction does for discrete scores; its coverage is
-  then close to 0.9 (docs/conformal.md).
+  (coverage 1, no information). ``skprompt.conformal.RandomizedLAC`` breaks
+  the ties at random, as conformal prediction does for discrete scores; its
+  coverage is then close to 0.9 (docs/conformal.md).
+  ``skprompt.conformal.SplitConformalSets`` does the same without MAPIE (and
+  takes the list of texts as it is).
 
 Run: ``python examples/conformal_prediction.py`` (about 6,600 model queries:
 one to two minutes on a quiet 2-core CPU). Needs the demo assets (see the README's demo command) and
@@ -28,43 +30,10 @@ one to two minutes on a quiet 2-core CPU). Needs the demo assets (see the README
 
 import numpy as np
 from mapie.classification import SplitConformalClassifier
-from mapie.conformity_scores import LACConformityScore
-from sklearn.utils import check_random_state
 
 from skprompt import BlackBoxPromptClassifier
 from skprompt.backends import FunctionBackend
-
-
-class RandomizedLAC(LACConformityScore):
-    """MAPIE's "lac" score (1 - probability of the label) with ties broken at random.
-
-    Adds ``jitter * U(0, 1)`` to every conformalization score and to every
-    (text, label) score at prediction, so that no two scores are equal: the
-    coverage of the sets is then at least ``confidence_level`` and less than
-    ``confidence_level + 1 / (n_conformalize + 1)`` on average, however few
-    distinct values the probabilities take (vote probabilities). A label
-    whose score equals the threshold is included at random, in the share that
-    makes the coverage exact. With continuous probabilities the jitter only
-    reorders scores closer than ``jitter``. Pass ``random_state`` to MAPIE
-    for reproducible sets; each ``predict_set`` call draws anew.
-    """
-
-    def __init__(self, jitter=1e-4):
-        super().__init__()
-        self.jitter = jitter
-
-    def set_external_attributes(self, *, random_state=None, **kwargs):
-        super().set_external_attributes(random_state=random_state, **kwargs)
-        self.rng_ = check_random_state(random_state)
-
-    def get_conformity_scores(self, y, y_pred, y_enc=None, **kwargs):
-        scores = super().get_conformity_scores(y, y_pred, y_enc=y_enc, **kwargs)
-        return scores + self.jitter * self.rng_.uniform(size=scores.shape)
-
-    def get_prediction_sets(self, y_pred_proba, conformity_scores, alpha_np, cv, agg_scores="mean", **kwargs):
-        noise = self.jitter * self.rng_.uniform(size=y_pred_proba.shape[:2] + (1,))
-        return super().get_prediction_sets(y_pred_proba - noise, conformity_scores, alpha_np, cv,
-                                           agg_scores=agg_scores, **kwargs)
+from skprompt.conformal import RandomizedLAC, SplitConformalSets, coverage_and_size
 
 
 def label_only_view(model, classes):
@@ -84,13 +53,6 @@ def label_only_view(model, classes):
 
     _, std = model.embedding_stats()
     return FunctionBackend(api, embedding_dim=tail.shape[1], labels_only=True, embedding_std=float(std))
-
-
-def coverage_and_size(sets, y, classes):
-    """Share of texts whose set holds the true label, and mean set size."""
-    sets = sets[:, :, 0]  # MAPIE's sets: (n_texts, n_classes, n_confidence_levels)
-    covered = sets[np.arange(len(sets)), np.searchsorted(classes, y)]
-    return covered.mean(), sets.sum(axis=1).mean()
 
 
 def main(n_conformalize=150, n_new=150, budget=1500):
@@ -119,15 +81,22 @@ def main(n_conformalize=150, n_new=150, budget=1500):
                                          random_state=0)
         mapie.conformalize(X_conf, y_conf)
         y_pred, sets = mapie.predict_set(X_new)
-        coverage, size = coverage_and_size(sets, y_new, clf.classes_)
+        sets = sets[:, :, 0]  # MAPIE's sets: (n_texts, n_classes, n_confidence_levels)
+        coverage, size = coverage_and_size(y_new, sets, clf.classes_)
         print(f"{name}: accuracy {np.mean(y_pred == y_new):.3f}; 90% sets: coverage {coverage:.3f}, "
               f"mean size {size:.2f}")
         if clf.labels_only_:  # the plain score, for contrast: a tie at the threshold
             plain = SplitConformalClassifier(clf, confidence_level=0.9, prefit=True).conformalize(X_conf, y_conf)
-            coverage, size = coverage_and_size(plain.predict_set(X_new)[1], y_new, clf.classes_)
+            coverage, size = coverage_and_size(y_new, plain.predict_set(X_new)[1][:, :, 0], clf.classes_)
             print(f"{'':>{len(name)}}  plain 'lac' score: coverage {coverage:.3f}, mean size {size:.2f}")
+            # The same tie-breaking without MAPIE; a list of texts works as it is. The
+            # backend's result cache answers these queries: no new model call.
+            own = SplitConformalSets(clf, confidence_level=0.9, random_state=0)
+            own.conformalize(list(X_conf), y_conf)
+            coverage, size = coverage_and_size(y_new, own.predict_set(list(X_new))[1], clf.classes_)
+            print(f"{'':>{len(name)}}  SplitConformalSets: coverage {coverage:.3f}, mean size {size:.2f}")
         for i in range(3):
-            labels = clf.classes_[sets[i, :, 0]]
+            labels = clf.classes_[sets[i]]
             print(f"    {{{', '.join(labels)}}} (true: {y_new[i]}) {X_new[i][:70]!r}")
 
 

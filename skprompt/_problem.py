@@ -93,6 +93,11 @@ class PromptProblem:
         return self.projection.intrinsic_dim
 
     @property
+    def fits_readout(self):
+        """Whether candidates' outputs go through a read-out fitted on their training scores."""
+        return self.calibration is not None
+
+    @property
     def n_classes(self):
         return len(self.classes)
 
@@ -128,11 +133,14 @@ class PromptProblem:
             self._known[(split, z.tobytes())] = row
         return out
 
-    def _readout(self, Z, train_outputs=None):
+    def _readout(self, Z, train_outputs=None, sample_weight=None):
         """Offsets and scales of ``Z``'s read-outs, fitted on their training scores.
 
         ``train_outputs``: the raw training outputs of ``Z`` if just queried;
         otherwise remembered ones are used and the rest are queried (counted).
+        ``sample_weight``: the training texts' weights in the search loss
+        (``(n_texts,)`` or ``(len(Z), n_texts)``), which a candidate's read-out
+        is fitted with too; a candidate keeps the read-out of its first fit.
         """
         if self.calibration is None:
             return identity_readout(len(Z), self.n_classes)
@@ -140,7 +148,12 @@ class PromptProblem:
         missing = [i for i, k in enumerate(keys) if k not in self._readouts]
         if missing:
             raw = train_outputs[missing] if train_outputs is not None else self.known_outputs(Z[missing], "train")
-            offsets, scales = fit_readout(raw, self.y("train"), self.calibration, **self._l2())
+            weight = None
+            if sample_weight is not None:
+                weight = np.broadcast_to(np.asarray(sample_weight, dtype=np.float64),
+                                         (len(Z), self.n_texts("train")))[missing]
+            offsets, scales = fit_readout(raw, self.y("train"), self.calibration, sample_weight=weight,
+                                          **self._l2())
             for j, i in enumerate(missing):
                 self._readouts[keys[i]] = (offsets[j], scales[j])
         offsets = np.stack([self._readouts[k][0] for k in keys])
@@ -157,17 +170,19 @@ class PromptProblem:
         Z = np.atleast_2d(np.asarray(Z, dtype=np.float64))
         return self._readout(Z)
 
-    def outputs(self, Z, split="train"):
+    def outputs(self, Z, split="train", sample_weight=None):
         """Outputs of ``Z`` on ``split``: calibrated log-probabilities, raw
         log-probabilities or labels. One request (two for validation outputs
         of candidates whose read-out needs training scores never asked for);
-        the whole cost is checked against the budget before any query."""
+        the whole cost is checked against the budget before any query.
+        ``sample_weight`` (training split only): the texts' weights in the
+        search loss, which new read-outs are fitted with."""
         Z = np.atleast_2d(np.asarray(Z, dtype=np.float64))
         if self.calibration is None:
             return self._raw(Z, split)
         if split == "train":
             raw = self._raw(Z, split)
-            return apply_readout(raw, *self._readout(Z, raw))
+            return apply_readout(raw, *self._readout(Z, raw, sample_weight))
         need = sum(z.tobytes() not in self._readouts for z in Z)
         cost = len(Z) * self.n_texts(split) + need * self.n_texts("train")
         if cost > self.remaining:
@@ -188,7 +203,9 @@ class PromptProblem:
     def loss(self, Z, split="train", sample_weight=None):
         """Mean loss of each candidate; ``sample_weight`` (``(n_texts,)`` or
         ``(len(Z), n_texts)``) weights the texts."""
-        return compute_loss(self.loss_name, self.outputs(Z, split), self.y(split), sample_weight)
+        weight = sample_weight if split == "train" else None
+        return compute_loss(self.loss_name, self.outputs(Z, split, sample_weight=weight), self.y(split),
+                            sample_weight)
 
     def report(self, **info):
         if self.logger is not None:

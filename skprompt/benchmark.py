@@ -204,7 +204,7 @@ TABLE_COLUMNS = [
 ]
 
 
-def run_benchmark(config, out_dir, *, progress=True, plots=True):
+def run_benchmark(config, out_dir, *, progress=True, plots=True, cache=False):
     """Run (or resume) a benchmark and write its outputs.
 
     Parameters
@@ -218,6 +218,12 @@ def run_benchmark(config, out_dir, *, progress=True, plots=True):
         tqdm progress bars.
     plots : bool
         Write the reliability diagrams (needs matplotlib).
+    cache : bool
+        Keep every answered query in ``out_dir/queries.sqlite`` (the
+        backend's ``cache=``), so that a run killed in the middle of a fit
+        replays what it had asked, and a re-run after a change that leaves the
+        search unchanged (a new read-out, a new metric) asks the model nothing
+        it asked before.
 
     Returns
     -------
@@ -262,7 +268,8 @@ def run_benchmark(config, out_dir, *, progress=True, plots=True):
                 split = few_shot_split(task.texts, task.target, n_per_class=config.k,
                                        n_val_per_class=config.k, n_test=config.n_test, random_state=seed)
                 ood = {src: ood_texts(src, config.n_ood, random_state=seed) for src in OOD_SOURCES[task_name]}
-                backend = default_backend(template=task.template, verbalizer=task.verbalizer, model=config.model)
+                backend = default_backend(template=task.template, verbalizer=task.verbalizer, model=config.model,
+                                          cache=(out_dir / "queries.sqlite") if cache else None)
             record = _run_one(config, task_name, method, seed, backend, split, ood)
             _atomic_write_json(path, record)
             records.append(record)

@@ -25,13 +25,14 @@ from ._validation import check_labels, check_param, check_texts
 from .backends.base import PromptBackend
 from .exceptions import BudgetWarning, CostWarning
 from .inference.abc_smc import ABCSMCLearner
-from .inference.base import BudgetExhausted, aggregate_outputs
+from .inference.base import BudgetExhausted, aggregate_outputs, select_without
 from .inference.cmaes import CMAEnsembleLearner
 from .inference.vi import VariationalLearner
 from .losses import LOSSES, SCORE_LOSSES
 from .projection import RandomProjection
 from .readout import CALIBRATIONS, apply_readout
 from .uncertainty import decompose_uncertainty
+from .votes import VoteReadout, out_of_fold_votes, vote_error_rates, vote_shares
 
 __all__ = ["BlackBoxPromptClassifier", "METHODS", "LABEL_METHODS"]
 
@@ -58,6 +59,8 @@ SCORE_METHODS = ("vi",)
 #: What ``calibration="auto"`` means for score-based predictions (chosen by
 #: measurement: docs/defaults.md, "Calibrated read-out").
 DEFAULT_CALIBRATION = "affine"
+#: Named ways of turning votes into probabilities (``vote_smoothing``).
+VOTE_SMOOTHINGS = ("calibrated", "error")
 #: Options of ``method_params`` for ``"bbt"`` / ``"ensemble"``.
 CMA_PARAMS = ("bootstrap",)
 
@@ -174,21 +177,28 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         needs no sbi), ``n_rounds``, ``n_simulations`` and the others of
         :class:`~skprompt.inference.snpe.SNPELearner`. A ``prior_variance``
         left unset defaults to ``sigma0 ** 2``.
-    vote_smoothing : "error" or float >= 0, default="error"
+    vote_smoothing : {"calibrated", "error"} or float >= 0, default="calibrated"
         How vote-based predictions (likelihood-free methods, label-only
         backends) turn votes into probabilities without exact zeros, so that
-        log loss stays finite. ``"error"``: each kept prompt's vote is read
-        through a noisy channel with that prompt's own error rate on the
-        *validation* texts, which did not select it (its training error is
-        optimistic: the search chose it for that), Laplace-smoothed
-        (``(errors + 1) / (n_val + 2)``): a unanimous vote of prompts that err
-        20% of the time gives about 0.8, not 1. It costs no query: every
-        learner validates the prompts it keeps, and the fit remembers those
-        answers. Without a validation split (``validation_fraction=None``, or
-        too few texts per class) a pseudo-count of 1 is used instead, with a
-        warning. A float: a symmetric Dirichlet
-        pseudo-count added to every class of the weighted vote histogram, in
-        units of one prompt's vote; ``0`` gives the raw vote shares.
+        log loss stays finite. Both named read-outs learn from validation
+        texts that did not choose what they judge: the learner's choice of
+        prompts (a member's candidate, a round) is re-made without each
+        validation text, from answers the fit already has (leave-one-out, no
+        query; :mod:`skprompt.votes`).
+        ``"calibrated"``: a temperature and per-class offsets on the log of
+        the vote shares (smoothed by one vote), fitted on each validation
+        text's vote by the prompts chosen without it (``vote_offsets_``,
+        ``vote_scale_``): a unanimous vote gives the probability that such
+        votes were right on held-out texts. ``"error"``: each kept prompt's
+        vote is read through a noisy channel with that prompt's own error
+        rate on texts that did not choose it (``vote_error_rates_``,
+        Laplace-smoothed ``(errors + 1) / (n_val + 2)``): a unanimous vote of
+        prompts that err 20% of the time gives about 0.8, not 1. Without a
+        validation split (``validation_fraction=None``, or too few texts per
+        class) a pseudo-count of 1 is used instead, with a warning. A float:
+        a symmetric Dirichlet pseudo-count added to every class of the
+        weighted vote histogram, in units of one prompt's vote; ``0`` gives
+        the raw vote shares.
     n_jobs : int or None, default=None
         Number of concurrent backend requests during ``fit`` and prediction
         (useful for remote or function backends; a local model already uses
@@ -231,8 +241,17 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         Whether predictions are vote histograms (likelihood-free method or
         label-only backend).
     vote_error_rates_ : ndarray of shape (n_samples,) or None
-        With ``vote_smoothing="error"`` and vote-based predictions: the
-        smoothed error rate of each kept prompt on the validation texts.
+        With a named ``vote_smoothing`` and vote-based predictions: the
+        smoothed error rate of each kept prompt on validation texts that did
+        not choose it (see :func:`skprompt.votes.vote_error_rates`).
+    vote_offsets_ : ndarray of shape (n_classes,) or None
+        With ``vote_smoothing="calibrated"``: the vote read-out's per-class offsets.
+    vote_scale_ : float or None
+        With ``vote_smoothing="calibrated"``: its scale (inverse temperature).
+    vote_smoothing_ : str or float or None
+        How ``predict_proba`` turns votes into probabilities:
+        ``vote_smoothing``, or ``1.0`` where a named read-out had no
+        validation texts to learn from; ``None`` for score-based predictions.
     calibration_ : {"bias", "affine"} or None
         The read-out in use (``calibration`` resolved).
     offsets_ : ndarray of shape (n_samples, n_classes) or None
@@ -308,7 +327,7 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         validation_fraction=0.25,
         budget=None,
         method_params=None,
-        vote_smoothing="error",
+        vote_smoothing="calibrated",
         n_jobs=None,
         random_state=None,
         verbose=0,
@@ -360,7 +379,10 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         check_param("budget", self.budget, "int", low=1, allow_none=True)
         if self.method_params is not None and not isinstance(self.method_params, dict):
             raise ValueError(f"method_params must be a dict or None; got {type(self.method_params).__name__}.")
-        if not (isinstance(self.vote_smoothing, str) and self.vote_smoothing == "error"):
+        if not (isinstance(self.vote_smoothing, str) and self.vote_smoothing in VOTE_SMOOTHINGS):
+            if isinstance(self.vote_smoothing, str):
+                raise ValueError(f"vote_smoothing must be one of {list(VOTE_SMOOTHINGS)} or a float >= 0; "
+                                 f"got {self.vote_smoothing!r}.")
             check_param("vote_smoothing", self.vote_smoothing, "real", low=0)
         if self.n_jobs is not None:
             check_param("n_jobs", self.n_jobs, "int")
@@ -449,7 +471,7 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
             return learner.minimum_budget(problem) + (self.max_iter - 1) * learner._iteration_cost(
                 problem, learner.n_members)
         if self.method == "vi":
-            return self.max_iter * learner._iteration_cost(problem)
+            return learner.minimum_budget(problem) + (self.max_iter - 1) * learner._iteration_cost(problem)
         if self.method == "snpe":
             return learner.n_rounds * (learner.n_simulations * problem.n_texts("train")
                                        + learner._selection_cost(problem))
@@ -528,6 +550,7 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
 
         problem = PromptProblem(backend, projection, classes, splits, loss, labels_only,
                                 budget=self.budget, n_jobs=self.n_jobs, calibration=calibration)
+        selection = None
         if zero_shot:
             samples, weights = np.zeros((1, 0)), np.ones(1)
             history, n_iter, exhausted = np.empty((0, 1)), 0, False
@@ -569,20 +592,21 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
             problem.reserved = 0
             samples, weights, history = result.samples, result.weights, result.history
             n_iter, exhausted = result.n_iter, result.budget_exhausted
+            selection = result.selection
             fit_info = dict(result.info)
             for category, message in result.warnings:
                 warnings.warn(message, category, stacklevel=2)
         offsets = scales = None
         if calibration is not None:
             offsets, scales = problem.readouts(samples)
-        error_rates = None
+        error_rates = vote_readout = None
         fallback = False
-        if labels_only and self.vote_smoothing == "error":
-            error_rates = self._vote_error_rates(problem, samples)
+        if labels_only and self.vote_smoothing in VOTE_SMOOTHINGS:
+            error_rates, vote_readout = self._fit_votes(problem, samples, weights, selection)
             fallback = error_rates is None
             if fallback and not problem.has_split("val"):
                 warnings.warn(
-                    "vote_smoothing='error' reads each prompt's error rate on validation texts, and this fit "
+                    f"vote_smoothing={self.vote_smoothing!r} learns from validation texts, and this fit "
                     "has none (validation_fraction=None, or too few texts per class); votes are smoothed by "
                     "a pseudo-count of 1 instead.",
                     UserWarning,
@@ -612,24 +636,38 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         self.budget_exhausted_ = bool(exhausted)
         self.labels_only_ = labels_only
         self.vote_error_rates_ = error_rates
+        self.vote_smoothing_ = None if not labels_only else (1.0 if fallback else self.vote_smoothing)
+        self.vote_offsets_ = None if vote_readout is None else vote_readout.offsets
+        self.vote_scale_ = None if vote_readout is None else vote_readout.scale
         self.calibration_ = calibration
         self.offsets_ = offsets
         self.scales_ = scales
         return self
 
-    @staticmethod
-    def _vote_error_rates(problem, samples):
-        """Laplace-smoothed error rate of each prompt on the validation texts, or None
-        (no validation split, or answers never asked for that the budget cannot pay)."""
+    def _fit_votes(self, problem, samples, weights, selection):
+        """Each kept prompt's error rate and the calibrated vote read-out (or None
+        for it unless ``vote_smoothing="calibrated"``), both from validation texts
+        that did not choose what they judge; ``(None, None)`` without validation
+        texts, or with answers never asked for that the budget cannot pay."""
         if not problem.has_split("val"):
-            return None
+            return None, None
+        if selection is not None:  # a learner's record must re-make its own choice, else it is not used
+            kept, kept_w = select_without(selection)
+            if kept.shape != samples.shape or not (np.allclose(kept, samples) and np.allclose(kept_w, weights)):
+                selection = None
         try:
-            outputs = problem.known_outputs(samples, "val")
+            if selection is not None:
+                shares, n_prompts, slot_errors = out_of_fold_votes(problem, selection)
+            else:  # nothing was chosen on the validation texts: the kept prompts' own votes there
+                shares = vote_shares(problem.known_outputs(samples, "val"), weights, problem.n_classes)
+                n_prompts, slot_errors = np.full(len(shares), len(samples)), None
+            error_rates = vote_error_rates(problem, samples, selection, slot_errors)
         except BudgetExhausted:
-            return None
-        labels = outputs.argmax(axis=2) if outputs.ndim == 3 else outputs
-        errors = (labels != problem.y("val")[None, :]).sum(axis=1)
-        return (errors + 1.0) / (problem.n_texts("val") + 2.0)
+            return None, None
+        readout = None
+        if self.vote_smoothing == "calibrated":
+            readout = VoteReadout.fit(shares, n_prompts, problem.y("val"))
+        return error_rates, readout
 
     # --------------------------------------------------------------- predict
     def _outputs(self, X):
@@ -661,9 +699,13 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         outputs = self._outputs(X)
         if not self.labels_only_:
             return aggregate_outputs(outputs, self.weights_, len(self.classes_))
-        if self.vote_error_rates_ is not None:
+        mode = self.vote_smoothing_
+        if mode == "calibrated":
+            shares = vote_shares(outputs, self.weights_, len(self.classes_))
+            return VoteReadout(self.vote_offsets_, self.vote_scale_).proba(shares, len(self.weights_))
+        if mode == "error":
             return aggregate_outputs(outputs, self.weights_, len(self.classes_), error_rates=self.vote_error_rates_)
-        prior = 1.0 if self.vote_smoothing == "error" else self.vote_smoothing
+        prior = mode
         return aggregate_outputs(outputs, self.weights_, len(self.classes_), vote_prior=prior)
 
     def predict_uncertainty(self, X):

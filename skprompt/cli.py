@@ -93,7 +93,7 @@ def _bench(args):
     print("configuration: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items()
                                          if k not in ("estimator_params",)))
     start = time.perf_counter()
-    run_benchmark(config, out, progress=not args.quiet, plots=not args.no_plots)
+    run_benchmark(config, out, progress=not args.quiet, plots=not args.no_plots, cache=args.cache)
     print((Path(out) / "results.md").read_text())
     print(f"done in {(time.perf_counter() - start) / 60:.1f} min; every number and the configuration are in "
           f"{out}/results.json")
@@ -145,6 +145,9 @@ def _parser():
                        help="queries per fit text (default: the size's: 30 quick, 150 full)")
     bench.add_argument("--out", help="output folder (default: bench_results/<size>); an existing one resumes")
     bench.add_argument("--no-plots", action="store_true", help="skip the reliability diagrams")
+    bench.add_argument("--cache", action="store_true",
+                       help="keep every answered query in <out>/queries.sqlite: a killed run resumes inside a fit, "
+                            "and a re-run that searches the same prompts asks the model nothing again")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
     bench.set_defaults(func=_bench)
 

@@ -11,7 +11,9 @@ training texts already queried are mapped to calibrated logits
     ``"affine"``:  a * s_c + b_c
 
 by a multinomial logistic fit of ``b`` (and ``a``) on those texts, with a
-little L2 toward ``b = 0, a = 1`` (the untouched scores). No query is made:
+little L2 toward ``b = 0, a = 1`` (the untouched scores), as strong as half
+a text's log loss, whatever the number of texts (so its pull vanishes as
+texts grow). No query is made:
 the fit uses scores the search had to ask for anyway. The same idea is known
 as contextual or batch calibration of a prompt (removing a label word's
 prior); here it is fitted for every candidate, so that the search ranks
@@ -34,8 +36,10 @@ __all__ = ["CALIBRATIONS", "DEFAULT_L2", "fit_readout", "apply_readout", "identi
 
 #: Values of the estimators' ``calibration`` parameter that fit a read-out.
 CALIBRATIONS = ("bias", "affine")
-#: Strength of the L2 pull of ``b`` toward 0 and ``a`` toward 1 (added to the mean log loss).
-DEFAULT_L2 = 1e-2
+#: Strength of the L2 pull of ``b`` toward 0 and ``a`` toward 1, added to the
+#: *summed* log loss of the texts (in units of one text's log loss), so that
+#: the read-out tends to the unpenalised fit as texts grow.
+DEFAULT_L2 = 0.5
 
 
 def _log_softmax(x):
@@ -94,7 +98,8 @@ def fit_readout(log_proba, y, kind, *, l2=DEFAULT_L2, sample_weight=None, max_it
         (an inverse temperature) shared by the classes.
     l2 : float, default=DEFAULT_L2
         Pull toward the identity read-out: ``l2 / 2 * (|b|^2 + (a - 1)^2)``
-        added to the mean log loss.
+        added to the summed log loss of the texts (with ``sample_weight``,
+        the weighted sum: a text of weight 2 counts as two texts).
     sample_weight : ndarray of shape (n_texts,) or (n_candidates, n_texts), optional
         Weights of the texts in the mean log loss (normalised per candidate).
     max_iter : int, default=50
@@ -127,9 +132,11 @@ def fit_readout(log_proba, y, kind, *, l2=DEFAULT_L2, sample_weight=None, max_it
     y_onehot[:, np.arange(n_texts), y] = 1.0
     if sample_weight is None:
         w = np.full((n, n_texts), 1.0 / n_texts)
+        total = np.full(n, float(n_texts))
     else:
         w = np.broadcast_to(np.asarray(sample_weight, dtype=np.float64), (n, n_texts)).copy()
-        w /= w.sum(axis=1, keepdims=True)
+        total = w.sum(axis=1)
+        w /= total[:, None]
     # features of logit c: one-hot offset columns, plus the score itself for "affine";
     # "bias" keeps the score as a fixed offset (coefficient 1, not fitted)
     eye = np.broadcast_to(np.eye(n_classes), (n, n_texts, n_classes, n_classes))
@@ -144,8 +151,10 @@ def fit_readout(log_proba, y, kind, *, l2=DEFAULT_L2, sample_weight=None, max_it
     prior = np.broadcast_to(prior, (n, prior.size))
     theta = prior.copy()
 
+    l2_mean = float(l2) / total  # per candidate: the objective below is the (weighted) mean log loss
+
     def evaluate(th):
-        return _objective(th, feats, fixed, y_onehot, w, l2, prior)
+        return _objective(th, feats, fixed, y_onehot, w, l2_mean, prior)
 
     loss, grad, hess = evaluate(theta)
     for _ in range(max_iter):
@@ -169,7 +178,8 @@ def fit_readout(log_proba, y, kind, *, l2=DEFAULT_L2, sample_weight=None, max_it
 
 
 def _objective(theta, feats, offset, y_onehot, w, l2, prior):
-    """Penalised weighted mean log loss of each candidate, its gradient and Hessian.
+    """Penalised weighted mean log loss of each candidate, its gradient and Hessian
+    (``l2``: each candidate's pull, shape (n,)).
 
     ``feats``: (n, N, C, P) features of each class logit; ``offset``: (n, N, C)
     a fixed part; logit = feats @ theta + offset.
@@ -179,9 +189,9 @@ def _objective(theta, feats, offset, y_onehot, w, l2, prior):
     p = np.exp(logp)
     loss = -np.einsum("ni,nic,nic->n", w, y_onehot, logp) + 0.5 * l2 * np.sum((theta - prior) ** 2, axis=1)
     resid = p - y_onehot
-    grad = np.einsum("ni,nic,nicp->np", w, resid, feats) + l2 * (theta - prior)
+    grad = np.einsum("ni,nic,nicp->np", w, resid, feats) + l2[:, None] * (theta - prior)
     mean_feat = np.einsum("nic,nicp->nip", p, feats)
     second = np.einsum("ni,nic,nicp,nicq->npq", w, p, feats, feats)
     outer = np.einsum("ni,nip,niq->npq", w, mean_feat, mean_feat)
-    hess = second - outer + l2 * np.eye(theta.shape[1])[None]
+    hess = second - outer + l2[:, None, None] * np.eye(theta.shape[1])[None]
     return loss, grad, hess

@@ -247,7 +247,7 @@ from scipy.linalg import cholesky, solve_triangular
 from scipy.spatial.distance import cdist
 from scipy.special import logsumexp
 
-from .base import BudgetExhausted, Learner, LearnerResult, PosteriorWarning, aggregate_outputs, predictive_error
+from .base import BudgetExhausted, Learner, LearnerResult, PosteriorWarning, SelectionSlot, aggregate_outputs
 from .cmaes import seeded_generator
 
 __all__ = ["ABCSMCLearner", "effective_sample_size", "population_ess", "weighted_quantile", "systematic_resample"]
@@ -418,11 +418,11 @@ class _Simulator:
         return (self._labels(self.problem.outputs(Z, "train")) != self.y[None, :]).sum(axis=1)
 
     def validate(self, Z, w):
-        """Accuracy of the weighted vote of ``Z`` on the validation split and
-        each prompt's validation error count, one request."""
+        """Per-text errors of the weighted vote of ``Z`` on the validation
+        split and each prompt's validation error count, one request."""
         labels = self._labels(self.problem.outputs(Z, "val"))
-        accuracy = 1.0 - predictive_error(aggregate_outputs(labels, w, self.problem.n_classes), self.y_val)
-        return accuracy, (labels != self.y_val[None, :]).sum(axis=1)
+        vote = aggregate_outputs(labels, w, self.problem.n_classes).argmax(axis=1)
+        return (vote != self.y_val).astype(np.float64), (labels != self.y_val[None, :]).sum(axis=1)
 
 
 @dataclass
@@ -458,6 +458,7 @@ class _Round:
     stalled: bool = False
     moves: _Moves | None = None
     val_errors: np.ndarray | None = None
+    vote_errors: np.ndarray | None = None
 
 
 class ABCSMCLearner(Learner):
@@ -715,7 +716,8 @@ class ABCSMCLearner(Learner):
             val = np.nan
             if sim.use_val:
                 try:
-                    val, r.val_errors = sim.validate(r.pop, r.w)
+                    r.vote_errors, r.val_errors = sim.validate(r.pop, r.w)
+                    val = 1.0 - float(r.vote_errors.mean())
                 except BudgetExhausted:  # not expected: validation queries are reserved
                     pass
             rounds.append(r)
@@ -786,7 +788,13 @@ class ABCSMCLearner(Learner):
                 "effectively a single prompt. Try move='mcmc' with kernel='pcn' (the defaults), more particles "
                 "(method_params n_particles), a larger budget, or kernel_floor > 0."
             )))
-        return LearnerResult(best.pop, best.w, history, len(rounds), exhausted, info, advice)
+        validated = [i for i, r in enumerate(rounds) if r.vote_errors is not None]
+        selection = None
+        if sim.use_val and validated:  # the kept round, chosen by its population's vote (ties: the later)
+            selection = [SelectionSlot([(rounds[i].pop, rounds[i].w) for i in validated],
+                                       np.stack([rounds[i].vote_errors for i in validated]),
+                                       -np.asarray(validated, dtype=np.float64))]
+        return LearnerResult(best.pop, best.w, history, len(rounds), exhausted, info, advice, selection)
 
     # -------------------------------------------------------------- rounds
     def _round_zero(self, sim, rng, m0):

@@ -31,6 +31,10 @@ The problem protocol (duck-typed)
     Mean ``loss_name`` of each candidate.
 ``remaining`` : float
     Queries ((prompt, text) pairs) left in the budget; ``inf`` without one.
+``fits_readout`` : bool, optional
+    ``True`` when every candidate's outputs go through a read-out fitted on
+    its training scores: a candidate asked for on the validation split
+    without training scores costs those too (see :func:`request_cost`).
 ``report(**info)``
     Progress hook, called once per iteration.
 """
@@ -45,6 +49,8 @@ __all__ = [
     "BudgetExhausted",
     "PosteriorWarning",
     "LearnerResult",
+    "SelectionSlot",
+    "select_without",
     "Learner",
     "aggregate_outputs",
     "predictive_log_loss",
@@ -64,6 +70,79 @@ class BudgetExhausted(RuntimeError):
 class PosteriorWarning(UserWarning):
     """A learner's posterior over prompts is suspect (for example, ``snpe``'s
     is indistinguishable from its prior); the message says why and what to try."""
+
+
+@dataclass
+class SelectionSlot:
+    """One kept part of a learner's result and the validated options it was chosen from.
+
+    A learner that keeps what scores best on the validation split records,
+    for each independently chosen part of its result (a CMA-ES member, the
+    population of a round), every option it validated, so that the choice
+    can be re-made without any one validation text (:func:`select_without`)
+    from answers already paid for: what a prompt would have been had a text
+    not chosen it.
+
+    Attributes
+    ----------
+    options : list of (ndarray of shape (n, dim), ndarray of shape (n,))
+        The candidate prompt sets and their weights, in the order the learner
+        met them.
+    losses : ndarray of shape (n_options, n_val)
+        Each option's selection loss on each validation text; an option's
+        validation loss is the mean of its row.
+    tiebreak : ndarray of shape (n_options,)
+        Second key: among options of equal validation loss the lowest wins,
+        then the first in order.
+    weight : float
+        Share of the result's weight this slot carries.
+    """
+
+    options: list
+    losses: np.ndarray
+    tiebreak: np.ndarray
+    weight: float = 1.0
+
+
+def select_without(slots, mask=None):
+    """Re-make each slot's choice on the validation texts where ``mask`` is True.
+
+    Parameters
+    ----------
+    slots : list of SelectionSlot
+    mask : ndarray of bool of shape (n_val,) or None
+        Texts allowed to choose; ``None``: all of them (the learner's own choice).
+
+    Returns
+    -------
+    samples : ndarray of shape (n_samples, dim)
+    weights : ndarray of shape (n_samples,)
+        Summing to 1.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a, b = (np.zeros((1, 2)), np.ones(1)), (np.ones((1, 2)), np.ones(1))
+    >>> slot = SelectionSlot([a, b], np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]]), np.zeros(2))
+    >>> select_without([slot])[0].tolist()       # b errs on 2 of 3 texts, a on 1
+    [[0.0, 0.0]]
+    >>> select_without([slot], np.array([False, True, True]))[0].tolist()
+    [[0.0, 0.0]]
+    >>> select_without([slot], np.array([True, False, False]))[0].tolist()
+    [[1.0, 1.0]]
+    """
+    samples, weights = [], []
+    for slot in slots:
+        losses = np.asarray(slot.losses, dtype=np.float64)
+        kept = losses if mask is None else losses[:, np.asarray(mask, dtype=bool)]
+        mean = kept.mean(axis=1) if kept.shape[1] else np.zeros(len(losses))
+        best = int(np.lexsort((np.arange(len(mean)), np.asarray(slot.tiebreak, dtype=np.float64), mean))[0])
+        Z, w = slot.options[best]
+        w = np.asarray(w, dtype=np.float64)
+        samples.append(np.atleast_2d(Z))
+        weights.append(slot.weight * w / w.sum())
+    weights = np.concatenate(weights)
+    return np.vstack(samples), weights / weights.sum()
 
 
 @dataclass
@@ -88,6 +167,10 @@ class LearnerResult:
     warnings : list of (Warning subclass, str)
         Advice for the user. Learners do not warn themselves: the estimator
         emits these from its ``fit``, so that they point at the user's call.
+    selection : list of SelectionSlot or None
+        How the samples were chosen on the validation split, for
+        leave-one-out re-selection (:func:`select_without`); ``None`` when
+        nothing was chosen there. Recorded for label-only problems.
     """
 
     samples: np.ndarray
@@ -97,6 +180,7 @@ class LearnerResult:
     budget_exhausted: bool = False
     info: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
+    selection: list | None = None
 
 
 class Learner:
@@ -117,9 +201,18 @@ class Learner:
         raise NotImplementedError
 
 
-def request_cost(problem, n_candidates, split):
-    """Queries used to evaluate ``n_candidates`` on ``split``."""
-    return int(n_candidates) * problem.n_texts(split)
+def request_cost(problem, n_candidates, split, fresh=False):
+    """Queries used to evaluate ``n_candidates`` on ``split``.
+
+    ``fresh``: the candidates were never scored on the training split. A
+    problem that fits a read-out per candidate (``problem.fits_readout``)
+    then also asks for their training scores, which the read-out is fitted
+    on, before it can answer on another split.
+    """
+    cost = int(n_candidates) * problem.n_texts(split)
+    if fresh and split != "train" and getattr(problem, "fits_readout", False):
+        cost += int(n_candidates) * problem.n_texts("train")
+    return cost
 
 
 def aggregate_outputs(outputs, weights, n_classes, vote_prior=0.0, error_rates=None):

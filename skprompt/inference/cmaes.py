@@ -35,7 +35,7 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from ..losses import compute_loss
-from .base import BudgetExhausted, Learner, LearnerResult, request_cost
+from .base import BudgetExhausted, Learner, LearnerResult, SelectionSlot, request_cost
 
 __all__ = ["CMAEnsembleLearner", "make_cma", "seeded_generator"]
 
@@ -103,7 +103,9 @@ class CMAEnsembleLearner(Learner):
         return cost
 
     def minimum_budget(self, problem):
-        start = request_cost(problem, 1, "val" if problem.has_split("val") else "train")
+        # the start is scored before any training query: on the validation split a
+        # read-out fitted per candidate needs its training scores too (fresh)
+        start = request_cost(problem, 1, "val" if problem.has_split("val") else "train", fresh=True)
         return start + self._iteration_cost(problem, self.n_members)
 
     def fit(self, problem, random_state):
@@ -123,10 +125,17 @@ class CMAEnsembleLearner(Learner):
         # member's own text weights when there is no validation split). It is kept on ties:
         # its key's second entry, -inf, wins every tie of the first.
         start_split = "val" if use_val else "train"
+        # label-only: every validated option and its per-text errors, so that the
+        # estimator can re-make each member's choice without any one text
+        record = bool(problem.labels_only) and use_val
+        options = [[] for _ in range(self.n_members)]
         try:
             out = problem.outputs(np.zeros((1, dim)), start_split)
             start_loss = compute_loss(problem.loss_name, np.repeat(out, self.n_members, axis=0),
                                       problem.y(start_split), None if use_val else boot)
+            if record:
+                for k in range(self.n_members):
+                    options[k].append((np.zeros(dim), self._errors(out[0], problem), -np.inf))
         except BudgetExhausted:
             start_loss = np.full(self.n_members, np.inf)
         best_key = [(float(v), -np.inf) for v in start_loss]  # (selection loss, train loss)
@@ -158,10 +167,15 @@ class CMAEnsembleLearner(Learner):
                 best_train[k] = min(best_train[k], float(losses[i][j]))
             if use_val:
                 try:
-                    val = problem.loss(np.vstack([z for z, _ in gen_best]), "val")
+                    val_out = problem.outputs(np.vstack([z for z, _ in gen_best]), "val")
+                    val = compute_loss(problem.loss_name, val_out, problem.y("val"))
                 except BudgetExhausted:
                     exhausted = True
                     val = None
+                if record and val is not None:
+                    for i, k in enumerate(active):
+                        options[k].append((gen_best[i][0].copy(), self._errors(val_out[i], problem),
+                                           gen_best[i][1]))
             for i, k in enumerate(active):
                 z, tl = gen_best[i]
                 key = (float(val[i]), tl) if use_val and val is not None else (tl, tl)
@@ -183,4 +197,15 @@ class CMAEnsembleLearner(Learner):
                 "kept_start": [not np.any(z) for z in best_z]}
         if self.bootstrap:
             info["bootstrap_weights"] = boot
-        return LearnerResult(samples, weights, history, n_iter, exhausted, info)
+        selection = None
+        if record and all(options):
+            selection = [SelectionSlot([(z[None, :], np.ones(1)) for z, _, _ in opts],
+                                       np.stack([e for _, e, _ in opts]), np.array([t for _, _, t in opts]),
+                                       1.0 / self.n_members)
+                         for opts in options]
+        return LearnerResult(samples, weights, history, n_iter, exhausted, info, selection=selection)
+
+    @staticmethod
+    def _errors(labels, problem):
+        """Per-text zero-one errors of one candidate's validation labels."""
+        return (np.asarray(labels) != np.asarray(problem.y("val"))).astype(np.float64)
