@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .inference.base import aggregate_outputs, select_without
+from .inference.base import aggregate_outputs, slot_choice
 from .readout import apply_readout, fit_readout
 
 __all__ = ["VOTE_PRIOR", "out_of_fold_votes", "vote_error_rates", "vote_shares", "VoteReadout"]
@@ -67,7 +67,7 @@ def out_of_fold_votes(problem, slots):
         mask = np.ones(n_val, dtype=bool)
         mask[i] = False
         for s, slot in enumerate(slots):
-            best = _choice(slot, mask)
+            best = slot_choice(slot, mask)
             votes = labels[s][best][:, i]
             w = np.asarray(slot.options[best][1], dtype=np.float64)
             np.add.at(shares[i], votes, slot.weight * w / w.sum())
@@ -75,13 +75,6 @@ def out_of_fold_votes(problem, slots):
             if len(votes) == 1:
                 slot_errors[s, i] = float(votes[0] != y[i])
     return shares / shares.sum(axis=1, keepdims=True), n_prompts, slot_errors
-
-
-def _choice(slot, mask):
-    """Index of the option ``slot`` keeps when only ``mask``'s texts choose."""
-    losses = np.asarray(slot.losses, dtype=np.float64)[:, mask]
-    mean = losses.mean(axis=1) if losses.shape[1] else np.zeros(len(losses))
-    return int(np.lexsort((np.arange(len(mean)), np.asarray(slot.tiebreak, dtype=np.float64), mean))[0])
 
 
 def vote_error_rates(problem, samples, slots=None, slot_errors=None):
@@ -113,7 +106,7 @@ def vote_error_rates(problem, samples, slots=None, slot_errors=None):
     if slots is not None and slot_errors is not None:
         start = 0
         for s, slot in enumerate(slots):
-            size = len(slot.options[_choice(slot, np.ones(n_val, dtype=bool))][0])
+            size = len(slot.options[slot_choice(slot)][0])
             if size == 1 and np.all(np.isfinite(slot_errors[s])):
                 errors[start] = slot_errors[s].sum()
             start += size

@@ -51,6 +51,7 @@ __all__ = [
     "LearnerResult",
     "SelectionSlot",
     "select_without",
+    "slot_choice",
     "Learner",
     "aggregate_outputs",
     "predictive_log_loss",
@@ -104,6 +105,15 @@ class SelectionSlot:
     weight: float = 1.0
 
 
+def slot_choice(slot, mask=None):
+    """Index of the option ``slot`` keeps when only ``mask``'s validation texts
+    choose (``None``: all): lowest mean loss, then tiebreak, then order."""
+    losses = np.asarray(slot.losses, dtype=np.float64)
+    kept = losses if mask is None else losses[:, np.asarray(mask, dtype=bool)]
+    mean = kept.mean(axis=1) if kept.shape[1] else np.zeros(len(losses))
+    return int(np.lexsort((np.arange(len(mean)), np.asarray(slot.tiebreak, dtype=np.float64), mean))[0])
+
+
 def select_without(slots, mask=None):
     """Re-make each slot's choice on the validation texts where ``mask`` is True.
 
@@ -133,11 +143,7 @@ def select_without(slots, mask=None):
     """
     samples, weights = [], []
     for slot in slots:
-        losses = np.asarray(slot.losses, dtype=np.float64)
-        kept = losses if mask is None else losses[:, np.asarray(mask, dtype=bool)]
-        mean = kept.mean(axis=1) if kept.shape[1] else np.zeros(len(losses))
-        best = int(np.lexsort((np.arange(len(mean)), np.asarray(slot.tiebreak, dtype=np.float64), mean))[0])
-        Z, w = slot.options[best]
+        Z, w = slot.options[slot_choice(slot, mask)]
         w = np.asarray(w, dtype=np.float64)
         samples.append(np.atleast_2d(Z))
         weights.append(slot.weight * w / w.sum())
