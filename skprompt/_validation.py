@@ -49,19 +49,28 @@ def check_texts(X, name="X"):
     return texts
 
 
-def check_labels(y, n_samples, name="y"):
-    """Return ``y`` as a 1-D ndarray of hashable labels, or raise a clear error."""
+def label_vector(y, n_samples, name="y", *, x_name="X", unit="text",
+                 required="this is a supervised classifier"):
+    """Return ``y`` as a 1-D ndarray of ``n_samples`` labels (a column or a
+    pandas Series accepted), or raise a clear error naming ``name``."""
     if y is None:
-        raise ValueError(f"{name} is required: this is a supervised classifier.")
+        raise ValueError(f"{name} is required: {required}.")
     if hasattr(y, "to_numpy"):
         y = y.to_numpy()
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
-        raise ValueError(f"{name} must be 1-D (one label per text); got shape {y.shape}.")
+        raise ValueError(f"{name} must be 1-D (one label per {unit}); got shape {y.shape}.")
     if y.shape[0] != n_samples:
-        raise ValueError(f"X and {name} have different lengths: {n_samples} texts and {y.shape[0]} labels.")
+        raise ValueError(f"{x_name} and {name} have different lengths: {n_samples} {unit}s and "
+                         f"{y.shape[0]} labels.")
+    return y
+
+
+def check_labels(y, n_samples, name="y"):
+    """Return ``y`` as a 1-D ndarray of hashable labels, or raise a clear error."""
+    y = label_vector(y, n_samples, name)
     if y.dtype.kind == "f" and np.isnan(y).any() or y.dtype == object and any(
         (isinstance(v, float) and np.isnan(v)) or v is None for v in y
     ):

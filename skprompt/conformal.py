@@ -34,6 +34,8 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
+from ._validation import label_vector
+
 __all__ = ["SplitConformalSets", "RandomizedLAC", "coverage_and_size", "CONFORMITY_SCORES"]
 
 #: Conformity scores of :class:`SplitConformalSets`: ``"lac"`` (1 minus the
@@ -81,18 +83,7 @@ def _label_indices(y, classes, name, classes_name):
 
 
 def _check_labels_1d(y, n_samples, name, n_name):
-    if y is None:
-        raise ValueError(f"{name} is required: one label per sample.")
-    if hasattr(y, "to_numpy"):
-        y = y.to_numpy()
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1:
-        raise ValueError(f"{name} must be 1-D (one label per sample); got shape {y.shape}.")
-    if len(y) != n_samples:
-        raise ValueError(f"{n_name} and {name} have different lengths: {n_samples} samples and {len(y)} labels.")
-    return y
+    return label_vector(y, n_samples, name, x_name=n_name, unit="sample", required="one label per sample")
 
 
 def _min_conformalize(confidence_level):
