@@ -699,7 +699,10 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         outputs = self._outputs(X)
         if not self.labels_only_:
             return aggregate_outputs(outputs, self.weights_, len(self.classes_))
-        mode = self.vote_smoothing_
+        mode = getattr(self, "vote_smoothing_", None)
+        if mode is None:  # fitted by a skprompt before vote_smoothing_: its "error" channel or pseudo-count
+            mode = "error" if self.vote_error_rates_ is not None else (
+                1.0 if isinstance(self.vote_smoothing, str) else self.vote_smoothing)
         if mode == "calibrated":
             shares = vote_shares(outputs, self.weights_, len(self.classes_))
             return VoteReadout(self.vote_offsets_, self.vote_scale_).proba(shares, len(self.weights_))
