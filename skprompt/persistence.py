@@ -30,6 +30,7 @@ _SKOPS_TRUSTED_TYPES = (
     "skprompt.backends.huggingface.CausalLMBackend",
     "skprompt.backends.huggingface.MaskedLMBackend",
     "skprompt.classifier.BlackBoxPromptClassifier",
+    "skprompt.conformal.SplitConformalSets",
     "skprompt.projection.RandomProjection",
     "skprompt.whitebox.GradientPromptClassifier",
 )
@@ -41,7 +42,8 @@ def skops_trusted_types():
     ``skops.io.load(path, trusted=skops_trusted_types() + [...])`` loads a
     :class:`~skprompt.BlackBoxPromptClassifier` (any ``method``) or a
     :class:`~skprompt.GradientPromptClassifier` saved with
-    ``skops.io.dump``. The list holds skprompt's own classes only: the
+    ``skops.io.dump``, and a :class:`~skprompt.conformal.SplitConformalSets`
+    around one. The list holds skprompt's own classes only: the
     estimators, :class:`~skprompt.projection.RandomProjection` and the
     backends. Nothing of numpy or the standard library is in it (the fitted
     state is made of types skops trusts by default), and neither is anything

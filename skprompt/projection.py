@@ -73,5 +73,13 @@ class RandomProjection:
         Z = np.atleast_2d(np.asarray(Z, dtype=np.float32))
         if Z.shape[1] != self.intrinsic_dim:
             raise ValueError(f"Z must have {self.intrinsic_dim} columns; got shape {Z.shape}.")
-        flat = Z @ self.matrix.T + self.offset
+        # One float64 matrix-vector product per row, rounded to float32 at the end:
+        # a batched product's summation order depends on how many rows it holds,
+        # so a prompt mapped inside a population would differ in its last bits
+        # from the same z mapped alone, and the backends' caches, keyed by the
+        # prompt's bytes, would ask the model again for a prompt already scored.
+        matrix, offset = self.matrix.astype(np.float64), self.offset.astype(np.float64)
+        flat = np.empty((Z.shape[0], matrix.shape[0]), dtype=np.float32)
+        for i, z in enumerate(Z.astype(np.float64)):
+            flat[i] = matrix @ z + offset
         return flat.reshape(Z.shape[0], self.n_prompt_tokens, self.embedding_dim)

@@ -59,6 +59,29 @@ def test_projection_without_prompt_tokens():
     assert RandomProjection(0, 8, 0)(np.zeros((1, 0))).shape == (1, 0, 8)
 
 
+def test_a_prompt_is_the_same_bytes_alone_or_in_a_population():
+    # The backends' caches key a prompt by its bytes: a generation's best, scored
+    # inside its population, must map to the same bytes when predicted alone.
+    proj = RandomProjection(5, 576, 500, embedding_mean=0.1, random_state=0)
+    Z = np.random.default_rng(0).standard_normal((20, 500))
+    batch = proj(Z)
+    assert all(np.array_equal(batch[i], proj(Z[i:i + 1])[0]) for i in range(len(Z)))
+    assert all(np.array_equal(batch[i], proj(Z[i:i + 3])[0]) for i in range(len(Z) - 3))
+
+
+def test_predicting_the_fitted_texts_asks_the_model_nothing_new():
+    from skprompt import BlackBoxPromptClassifier
+
+    backend, texts, y, _ = make_toy_task(n_texts=40, seed=3)
+    for seed in range(3):
+        clf = BlackBoxPromptClassifier(backend, method="bbt", intrinsic_dim=20, max_iter=4,
+                                       random_state=seed).fit(texts, y)
+        assert not all(clf.fit_info_["kept_start"])  # a generation's best is kept, not z = 0
+        before = backend.stats["pairs"]
+        clf.predict_proba(texts)
+        assert backend.stats["pairs"] == before
+
+
 # ---------------------------------------------------------------- aggregation
 def test_aggregate_scores_is_weighted_mean_of_probabilities():
     p1 = np.array([[0.9, 0.1], [0.2, 0.8]])

@@ -290,6 +290,25 @@ def test_error_channel_of_selected_members_is_read_out_of_fold():
     assert -0.02 < np.mean(gaps) < 0.15, gaps
 
 
+@pytest.mark.parametrize("method, params", [
+    ("bbt", {"loss": "zero_one"}), ("ensemble", {"loss": "zero_one"}), ("abc-smc", {}),
+    ("snpe", {"method_params": {"inference": "factorised", "n_rounds": 2, "n_simulations": 60}})])
+def test_every_validated_choice_is_re_made_without_each_text(method, params, monkeypatch):
+    """Each learner that keeps what validates best records its options, and the
+    estimator accepts the record (it re-makes the learner's own choice) and reads
+    the votes out of fold from it, not from the texts that chose."""
+    import skprompt.classifier as classifier
+
+    calls = []
+    real = classifier.out_of_fold_votes
+    monkeypatch.setattr(classifier, "out_of_fold_votes", lambda *a: calls.append(1) or real(*a))
+    backend, X, y, _ = make_toy_task(n_texts=48, seed=4, labels_only=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf = make(method, backend, **params).fit(X, y)
+    assert calls == [1] and clf.vote_offsets_ is not None
+
+
 def test_budget_at_the_named_minimum_runs_an_iteration_with_the_read_out():
     """With calibration on (the default), the minimum budget the estimator names
     pays for the start's read-out too (issue #19, defect 3): bbt and ensemble at

@@ -11,6 +11,7 @@ model directory, and no token from the environment.
 Only toy FunctionBackends and the tiny random models of conftest.py are used.
 """
 
+import copy
 import doctest
 import importlib
 import json
@@ -282,10 +283,30 @@ def test_no_absolute_path_but_the_model_directory_and_no_token(tiny_llama_dir, m
         assert paths == {os.fspath(tiny_llama_dir)}, paths
 
 
+# ------------------------------------------------------------ conformal sets
+@pytest.fixture(scope="module")
+def conformal_saved():
+    from skprompt.conformal import SplitConformalSets
+
+    backend, texts, y, _ = make_toy_task(n_texts=80, seed=3)
+    clf = fit_quietly(BlackBoxPromptClassifier(backend, random_state=0, **TOY_FITS["bbt"]), texts[:36], y[:36])
+    sets = SplitConformalSets(clf, random_state=0).conformalize(texts[36:60], y[36:60])
+    return sets, sio.dumps(sets), texts[60:], [OBJECT_TYPE]
+
+
+def test_conformal_sets_round_trip_with_skops(conformal_saved):
+    sets, data, X_new, user_types = conformal_saved
+    loaded = sio.loads(data, trusted=skops_trusted_types() + user_types)
+    assert loaded.threshold_ == sets.threshold_
+    for got, want in zip(loaded.predict_set(X_new), copy.deepcopy(sets).predict_set(X_new)):
+        np.testing.assert_array_equal(got, want)
+
+
 # ---------------------------------------------- the list: complete and minimal
-def test_trusted_types_are_complete_and_minimal(toy_saved, hf_saved):
+def test_trusted_types_are_complete_and_minimal(toy_saved, hf_saved, conformal_saved):
     listed = set(skops_trusted_types())
-    used = set()
+    used = set(sio.get_untrusted_types(data=conformal_saved[1])) - set(conformal_saved[3])
+    assert used <= listed, sorted(used - listed)
     for saved in (toy_saved, hf_saved):
         for entry in saved["entries"]:
             if entry["format"] != "skops":

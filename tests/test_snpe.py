@@ -273,6 +273,7 @@ def test_validation_selects_the_round_whose_samples_vote_best():
         majority = (call[2].mean(axis=0) > 0.5).astype(int)
         assert error == pytest.approx(np.mean(majority != problem.y("val")))
     assert problem.queries == N_TEXTS * 150 + 3 * 7 * 15
+    _check_selection_record(result, val_calls, problem.y("val"))
 
 
 @pytest.mark.sbi
@@ -293,6 +294,7 @@ def test_without_validation_the_last_round_is_kept():
     result = SNPELearner(7, n_rounds=2, n_simulations=30, select_by_validation=False, **FAST).fit(problem, 1)
     assert all(c[0] == "train" for c in problem.calls)
     assert result.info["selected_round"] == 1 and result.info["val_errors"] == []
+    assert result.selection is None
 
 
 # ------------------------------------------------------------ reproducibility
@@ -500,6 +502,25 @@ def test_factorised_budget_and_validation_as_npe():
     val_calls = [c for c in problem.calls if c[0] == "val"]
     assert len(val_calls) == 2 == len(result.info["val_errors"])
     np.testing.assert_array_equal(result.samples, val_calls[result.info["selected_round"]][1])
+    _check_selection_record(result, val_calls, problem.y("val"))
+
+
+def _check_selection_record(result, val_calls, y_val):
+    """The record of validated rounds re-makes the learner's choice, and each
+    round's per-text losses are its samples' majority-vote errors."""
+    from skprompt.inference.base import select_without
+
+    (slot,) = result.selection
+    assert len(slot.options) == len(val_calls)
+    for (z, w), call, losses, error in zip(slot.options, val_calls, slot.losses, result.info["val_errors"]):
+        np.testing.assert_array_equal(z, call[1])
+        np.testing.assert_allclose(w, 1 / len(z))
+        majority = (call[2].mean(axis=0) > 0.5).astype(int)  # 7 binary votes: no ties
+        np.testing.assert_array_equal(losses, majority != y_val)
+        assert losses.mean() == pytest.approx(error)
+    kept, weights = select_without(result.selection)
+    np.testing.assert_array_equal(kept, result.samples)
+    np.testing.assert_allclose(weights, result.weights)
 
 
 @pytest.mark.parametrize("kwargs", [dict(density_estimator="maf"), dict(hidden_features=64),

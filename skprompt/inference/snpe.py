@@ -186,7 +186,7 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from .._validation import check_param
-from .base import (BudgetExhausted, Learner, LearnerResult, PosteriorWarning, aggregate_outputs,
+from .base import (BudgetExhausted, Learner, LearnerResult, PosteriorWarning, SelectionSlot, aggregate_outputs,
                    predictive_error, request_cost)
 
 __all__ = ["SNPELearner", "SUMMARIES", "encode_summary", "import_sbi"]
@@ -746,9 +746,10 @@ class SNPELearner(Learner):
             theta = torch.cat([theta] + extra)[:n]
         return theta, rate, max(short, 0)
 
-    def _keep_round(self, problem, r, samples, n_sim, best_so_far, use_val, info, kept, kept_key):
+    def _keep_round(self, problem, r, samples, n_sim, best_so_far, use_val, info, kept, kept_key, validated):
         """Score round ``r``'s posterior samples on the validation split (if
         used), keep them if they vote best so far, and report the round.
+        Appends ``(r, samples, per-text vote errors)`` to ``validated``.
 
         Returns the kept samples, their key and whether the budget ran out.
         """
@@ -765,6 +766,7 @@ class SNPELearner(Learner):
             else:
                 proba = aggregate_outputs(val_out, np.ones(len(samples)), int(problem.n_classes))
                 info["val_errors"].append(predictive_error(proba, np.asarray(problem.y("val"))))
+                validated.append((r, samples, (proba.argmax(axis=1) != np.asarray(problem.y("val"))).astype(float)))
                 key = (info["val_errors"][-1], -r)
         if key is not None and (kept_key is None or key < kept_key):
             kept, kept_key = samples, key
@@ -801,7 +803,7 @@ class SNPELearner(Learner):
         best_so_far = np.inf
         exhausted = False
         loglik = inside = None
-        kept, kept_key = None, None
+        kept, kept_key, validated = None, None, []
         n_support = max(1000, int(np.ceil(10.0 / self.truncation_quantile)), self.n_samples)
         for r in range(self.n_rounds):
             n_sim = self._affordable(problem)
@@ -852,10 +854,10 @@ class SNPELearner(Learner):
             info["proposal_fallback"].append(int(fallback))
             info["prior_overlap"].append(overlap)
             kept, kept_key, exhausted = self._keep_round(problem, r, samples, n_sim, best_so_far, use_val,
-                                                         info, kept, kept_key)
+                                                         info, kept, kept_key, validated)
             if exhausted:
                 break
-        return self._result(kept, info, history, exhausted, prior_draws)
+        return self._result(kept, info, history, exhausted, prior_draws, validated)
 
     def _truncated_proposal_np(self, prior_draws, posterior_draws, inside, n):
         """:meth:`_truncated_proposal` on numpy draws (``inference="factorised"``)."""
@@ -924,7 +926,7 @@ class SNPELearner(Learner):
         best_so_far = np.inf
         exhausted = False
         posterior = region = None
-        kept, kept_key = None, None
+        kept, kept_key, validated = None, None, []
         for r in range(self.n_rounds):
             n_sim = self._affordable(problem)
             if n_sim < self.min_simulations:
@@ -982,15 +984,16 @@ class SNPELearner(Learner):
             info["prior_overlap"].append(overlap)
 
             kept, kept_key, exhausted = self._keep_round(problem, r, samples, n_sim, best_so_far, use_val,
-                                                         info, kept, kept_key)
+                                                         info, kept, kept_key, validated)
             if exhausted:
                 break
 
         return self._result(kept, info, history, exhausted,
-                            lambda n: prior.sample((n,)).numpy().astype(np.float64))
+                            lambda n: prior.sample((n,)).numpy().astype(np.float64), validated)
 
-    def _result(self, kept, info, history, exhausted, prior_draws):
-        """The LearnerResult of either path, with the prior-like warning."""
+    def _result(self, kept, info, history, exhausted, prior_draws, validated):
+        """The LearnerResult of either path, with the prior-like warning and
+        the record of the validated rounds (when the kept one is among them)."""
         advice = []
         if kept is None:  # not one round fitted in the budget: the posterior is the prior
             kept = prior_draws(self.n_samples)
@@ -1006,4 +1009,10 @@ class SNPELearner(Learner):
             )))
         weights = np.full(len(kept), 1.0 / len(kept))
         history = np.asarray(history, dtype=np.float64).reshape(-1, 1)
-        return LearnerResult(kept, weights, history, len(history), exhausted, info, advice)
+        selection = None
+        if validated and info["selected_round"] in [r for r, _, _ in validated]:
+            # the kept round, chosen by its samples' vote (ties: the later round)
+            selection = [SelectionSlot([(z, np.full(len(z), 1.0 / len(z))) for _, z, _ in validated],
+                                       np.stack([e for _, _, e in validated]),
+                                       -np.array([r for r, _, _ in validated], dtype=np.float64))]
+        return LearnerResult(kept, weights, history, len(history), exhausted, info, advice, selection)
