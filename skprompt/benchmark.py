@@ -15,6 +15,7 @@ done, so an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -192,6 +193,17 @@ def _run_one(config, task, method, seed, backend, split, ood):
     record["ood"] = per_source
     for metric in next(iter(per_source.values())):
         record[metric] = float(np.mean([m[metric] for m in per_source.values()]))
+    if getattr(estimator, "vote_smoothing_", None) == "calibrated" and estimator.vote_error_rates_ is not None:
+        # The same fit read out through the error channel (vote_smoothing="error"):
+        # both read-outs are learnt in every label-only fit and the search does not
+        # depend on them, so this is what that fit would give, at no query (the
+        # test texts' answers are cached).
+        other = copy.copy(estimator)
+        other.vote_smoothing_ = "error"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            alt = other.predict_proba(split.X_test)
+        record["vote_smoothing_error"] = prediction_metrics(split.y_test, alt, classes, n_bins=config.n_bins)
     return record
 
 
