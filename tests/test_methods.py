@@ -127,12 +127,15 @@ def test_method_is_deterministic(method, task):
 def test_method_honours_budget(method, task):
     if method == "snpe":
         pytest.importorskip("sbi")
-    backend, X, y, _, _ = task
+    _, X, y, _, _ = task
+    _, _, _, model = make_toy_task(n_texts=240, seed=2)
     budget = 6000
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BudgetWarning)
-        clf = make(method, backend, budget=budget).fit(X, y)
-    assert 0 < clf.n_queries_ <= budget
+        # no cache: every query the estimator counts reaches the model, read-outs included
+        clf = make(method, FunctionBackend(model, embedding_dim=model.embedding_dim, cache_size=0),
+                   budget=budget).fit(X, y)
+    assert 0 < clf.n_queries_ == sum(p * t for p, t in model.calls) <= budget
 
 
 def test_label_only_backend_with_likelihood_free_method():
@@ -269,23 +272,24 @@ def test_error_channel_without_validation_texts_warns_and_uses_a_pseudo_count(ta
 def test_error_channel_of_selected_members_is_read_out_of_fold():
     """bbt/ensemble with a label-only backend keep, per member, the candidate with
     the lowest validation error; read on those same texts its error is optimistic
-    (issue #19, defect 1: -0.05 to -0.09 before). Leave-one-out re-selection reads
-    each member's error on texts that did not choose it: over 6 seeds with 25 %
-    label noise, the mean gap to fresh texts is not optimistic (it was +0.07,
-    conservative, when this test was written; 12 validation texts per fit)."""
+    (issue #19, defect 1). Leave-one-out re-selection reads each member's error on
+    texts that did not choose it. The review's toy: 25 % label noise, 30 training
+    and 10 validation texts, 16 seeds. Mean gap to fresh texts when this test was
+    written: +0.064 (standard error 0.039; conservative, a choice made on one
+    text fewer), against -0.050 (0.022) when read on the choosing texts."""
     gaps = []
-    for seed in range(6):
-        backend, X, y, _ = make_toy_task(n_texts=400, seed=20 + seed, labels_only=True)
+    for seed in range(16):
+        backend, X, y, _ = make_toy_task(n_texts=440, seed=20 + seed, labels_only=True)
         rng = np.random.default_rng(seed)
         y = y.copy()
         flip = rng.random(len(y)) < 0.25
         y[flip] = np.where(y[flip] == "class_0", "class_1", "class_0")
-        X_fit, y_fit, X_new, y_new = X[:48], y[:48], X[48:], y[48:]
+        X_fit, y_fit, X_new, y_new = X[:40], y[:40], X[40:], y[40:]
         clf = make("ensemble", backend, loss="zero_one", random_state=seed).fit(X_fit, y_fit)
         votes = backend.predict_labels(clf.prompt_embeddings_, X_new, clf.classes_)
         held_out = (votes != np.searchsorted(clf.classes_, y_new)[None, :]).mean(axis=1)
         gaps.append(float(np.mean(clf.vote_error_rates_ - held_out)))
-        assert clf.vote_offsets_ is not None  # the calibrated vote read-out is the default
+    assert clf.vote_offsets_ is not None  # the calibrated vote read-out is the default
     # leave-one-out reads the choice made on one text fewer: conservative, never optimistic
     assert -0.02 < np.mean(gaps) < 0.15, gaps
 
