@@ -135,7 +135,10 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         candidate prompt's class scores get per-class offsets (``"bias"``),
         or offsets and a temperature (``"affine"``), fitted on that
         candidate's own training scores by a small L2-penalised logistic fit
-        that makes no query; the search then ranks prompts by their
+        (no query of its own where the search scores the candidate on the
+        training texts anyway; the CMA-ES start and VI's validation draws
+        pay for their training scores, within ``budget``); the search then
+        ranks prompts by their
         *calibrated* loss, and every kept prompt keeps its read-out
         (``offsets_``, ``scales_``), applied by ``predict_proba`` and
         ``predict_uncertainty``. It removes the label words' prior bias, which
