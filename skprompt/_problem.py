@@ -6,7 +6,8 @@ asks the backend (in ``n_jobs`` concurrent requests if asked), counts every
 (prompt, text) pair it requests, and refuses a request that would exceed the
 budget *before* sending it.
 
-With ``calibration`` (``"bias"`` or ``"affine"``), every candidate's class
+With ``calibration`` (a family of :data:`~skprompt.readout.CALIBRATIONS`, or
+``"auto"``: chosen on the first training scores asked for), every candidate's class
 scores go through its own read-out (:mod:`skprompt.readout`), fitted on that
 candidate's training scores: ``outputs`` and ``loss`` of either split are the
 calibrated ones, so every learner searches for the calibrated loss without
@@ -31,7 +32,7 @@ from joblib import Parallel, delayed, effective_n_jobs
 
 from .inference.base import BudgetExhausted
 from .losses import compute_loss
-from .readout import apply_readout, fit_readout, identity_readout
+from .readout import apply_readout, choose_readout, fit_readout, identity_readout
 
 __all__ = ["PromptProblem"]
 
@@ -54,8 +55,13 @@ class PromptProblem:
     n_jobs : int or None
         Concurrent backend requests (for remote or function backends).
     progress : tqdm-like or None
-    calibration : {None, "bias", "affine"}
-        Read-out fitted per candidate on its training scores (score problems only).
+    calibration : {None, "auto", "bias", "affine", "linear"}
+        Read-out fitted per candidate on its training scores (score problems
+        only). ``"auto"``: the family is chosen by
+        :func:`~skprompt.readout.choose_readout` on the first candidates'
+        training scores (the CMA-ES start, VI's first generation, the
+        zero-shot texts), before any read-out is fitted, and kept for the fit;
+        ``calibration`` then names it and ``calibration_report`` says why.
     calibration_l2 : float
         L2 pull of the read-out toward the identity (see :func:`~skprompt.readout.fit_readout`).
     """
@@ -78,6 +84,7 @@ class PromptProblem:
         self._reports = 0
         self.calibration = calibration
         self.calibration_l2 = calibration_l2
+        self.calibration_report = None
         if calibration is not None and labels_only:
             raise ValueError("calibration needs class scores; this problem has labels only.")
         self.queries = 0
@@ -148,6 +155,8 @@ class PromptProblem:
         missing = [i for i, k in enumerate(keys) if k not in self._readouts]
         if missing:
             raw = train_outputs[missing] if train_outputs is not None else self.known_outputs(Z[missing], "train")
+            if self.calibration == "auto":  # chosen once, on the first scores, so every candidate uses one family
+                self.calibration, self.calibration_report = choose_readout(raw, self.y("train"), **self._l2())
             weight = None
             if sample_weight is not None:
                 weight = np.broadcast_to(np.asarray(sample_weight, dtype=np.float64),
@@ -166,7 +175,8 @@ class PromptProblem:
     def readouts(self, Z):
         """Read-outs ``(offsets, scales)`` of the candidates ``Z``: offsets
         ``(n, n_classes)`` (0 without ``calibration``), scales ``(n,)`` (1
-        unless ``"affine"``). Training scores never asked for are queried."""
+        for ``"bias"``) or ``(n, n_classes, n_classes)`` (``"linear"``).
+        Training scores never asked for are queried."""
         Z = np.atleast_2d(np.asarray(Z, dtype=np.float64))
         return self._readout(Z)
 

@@ -56,9 +56,6 @@ METHODS = ("zero-shot", "bbt", "ensemble", "vi", "abc-smc", "snpe")
 LABEL_METHODS = ("abc-smc", "snpe")
 #: Methods that need class scores from the backend.
 SCORE_METHODS = ("vi",)
-#: What ``calibration="auto"`` means for score-based predictions (chosen by
-#: measurement: docs/defaults.md, "Calibrated read-out").
-DEFAULT_CALIBRATION = "affine"
 #: Named ways of turning votes into probabilities (``vote_smoothing``).
 VOTE_SMOOTHINGS = ("calibrated", "error")
 #: Options of ``method_params`` for ``"bbt"`` / ``"ensemble"``.
@@ -130,10 +127,11 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         Training loss of ``"bbt"``, ``"ensemble"`` and ``"vi"``. A label-only
         backend allows only ``"zero_one"``. The likelihood-free methods ignore
         it: their distance is the training error rate.
-    calibration : {"auto", "bias", "affine"} or None, default="auto"
+    calibration : {"auto", "bias", "affine", "linear"} or None, default="auto"
         A read-out learnt with the prompt (:mod:`skprompt.readout`): every
         candidate prompt's class scores get per-class offsets (``"bias"``),
-        or offsets and a temperature (``"affine"``), fitted on that
+        offsets and a temperature (``"affine"``), or offsets and a full
+        linear map of the class scores (``"linear"``), fitted on that
         candidate's own training scores by a small L2-penalised logistic fit
         (no query of its own where the search scores the candidate on the
         training texts anyway; the CMA-ES start and VI's validation draws
@@ -144,9 +142,14 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         ``predict_uncertainty``. It removes the label words' prior bias, which
         a prompt search otherwise spends its queries on. With
         ``method="zero-shot"`` the read-out is fitted on all the fit texts
-        (one query per text: contextual calibration). ``"auto"``: the
-        measured default (``DEFAULT_CALIBRATION``) for score-based
-        predictions, ``None`` for vote-based ones. Needs class scores: an
+        (one query per text: contextual calibration). ``"auto"``: for
+        score-based predictions, the family of
+        :data:`~skprompt.readout.AUTO_CALIBRATIONS` with the lowest
+        cross-validated log loss on the first training scores the fit asks
+        for (:func:`~skprompt.readout.choose_readout`; no extra query), a
+        richer one only where it wins by more than a standard error
+        (``calibration_``, ``fit_info_["calibration"]``); ``None`` for
+        vote-based ones. Needs class scores: an
         explicit value with a likelihood-free method or a label-only backend
         is an error. ``None``: the raw scores.
     validation_fraction : float in (0, 1) or None, default=0.25
@@ -255,18 +258,21 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         How ``predict_proba`` turns votes into probabilities:
         ``vote_smoothing``, or ``1.0`` where a named read-out had no
         validation texts to learn from; ``None`` for score-based predictions.
-    calibration_ : {"bias", "affine"} or None
-        The read-out in use (``calibration`` resolved).
+    calibration_ : {"bias", "affine", "linear"} or None
+        The read-out in use (``calibration`` resolved; with ``"auto"``,
+        ``fit_info_["calibration"]`` says why: each family's
+        cross-validated log loss, the texts and candidates it was measured on).
     offsets_ : ndarray of shape (n_samples, n_classes) or None
         Each kept prompt's per-class offsets (``None`` without read-out).
-    scales_ : ndarray of shape (n_samples,) or None
+    scales_ : ndarray of shape (n_samples,) or (n_samples, n_classes, n_classes) or None
         Each kept prompt's score scale, the inverse of its temperature (1
-        for ``"bias"``; ``None`` without read-out).
+        for ``"bias"``), or its linear map of the class scores
+        (``"linear"``); ``None`` without read-out.
     budget_exhausted_ : bool
         Whether ``fit`` stopped on ``budget``.
     fit_info_ : dict
         The learner's diagnostics, to check what a fit did; the keys depend
-        on ``method`` (empty for ``"zero-shot"``). ``"bbt"``/``"ensemble"``:
+        on ``method``. ``"bbt"``/``"ensemble"``:
         ``selection_losses``, ``start_loss``, ``kept_start`` (per member:
         whether no tuned prompt beat the start), ``bootstrap_weights``. ``"vi"``: the kept q (``mean``, ``variance``,
         ``generation``) and per-generation ``elbo``, ``nll``, ``kl``,
@@ -282,7 +288,9 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         emits a :class:`~skprompt.exceptions.PosteriorWarning`),
         ``val_errors``, ``selected_round``, and with
         ``inference="factorised"`` ``n_informative_texts``. Each learner's ``fit`` documents
-        its keys.
+        its keys. With ``calibration="auto"`` (any score-based method,
+        zero-shot included): ``calibration``, the report of
+        :func:`~skprompt.readout.choose_readout`.
 
     See Also
     --------
@@ -434,9 +442,10 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         return params
 
     def _resolve_calibration(self, labels_only, backend):
-        """The read-out to fit: None, "bias" or "affine" (errors before any query)."""
+        """The read-out to fit: None, "auto" (chosen on the first training scores) or
+        a family (errors before any query)."""
         if self.calibration == "auto":
-            return None if labels_only else DEFAULT_CALIBRATION
+            return None if labels_only else "auto"
         if self.calibration is not None and labels_only:
             why = (f"{backend!r} is label-only" if backend.labels_only
                    else f"method={self.method!r} uses predicted labels only")
@@ -602,6 +611,9 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         offsets = scales = None
         if calibration is not None:
             offsets, scales = problem.readouts(samples)
+            calibration = problem.calibration
+            if problem.calibration_report is not None:
+                fit_info["calibration"] = problem.calibration_report
         error_rates = vote_readout = None
         fallback = False
         if labels_only and self.vote_smoothing in VOTE_SMOOTHINGS:

@@ -34,6 +34,7 @@ read-out) and a label-only view of the same model tuned by ``"abc-smc"``
 
 from __future__ import annotations
 
+import copy
 import doctest
 import importlib.util
 import math
@@ -687,8 +688,12 @@ def test_conformal_coverage_on_rotten_tomatoes():
         voter.fit(first.X_train, first.y_train)
     assert voter.labels_only_ and len(voter.weights_) == 16
 
+    # the same votes read out through the error channel (vote_smoothing="error"), for comparison
+    error_channel = copy.copy(voter)
+    error_channel.vote_smoothing_ = "error"
     rows = {"zero-shot": [], "abc-smc": [], "abc-smc, plain lac": [],
-            "abc-smc, SplitConformalSets lac": [], "abc-smc, SplitConformalSets aps": []}
+            "abc-smc, SplitConformalSets lac": [], "abc-smc, SplitConformalSets aps": [],
+            "abc-smc, error channel": []}
     for seed in SEEDS:
         split = fit_split(seed)
         scorer = BlackBoxPromptClassifier(model, method="zero-shot", random_state=seed)
@@ -696,7 +701,8 @@ def test_conformal_coverage_on_rotten_tomatoes():
         shuffled = np.random.default_rng(seed).permutation(pool)
         conf, test = shuffled[:N_REAL_CONF], shuffled[N_REAL_CONF:]
         for name, clf, score in (("zero-shot", scorer, "lac"), ("abc-smc", voter, conformal.RandomizedLAC()),
-                                 ("abc-smc, plain lac", voter, "lac")):
+                                 ("abc-smc, plain lac", voter, "lac"),
+                                 ("abc-smc, error channel", error_channel, conformal.RandomizedLAC())):
             y_point, sets = conformal_sets(clf, score, seed, texts[conf], y[conf], texts[test])
             coverage, size = coverage_and_size(y[test], mapie_sets(sets), clf.classes_)
             rows[name].append((coverage, size, np.mean(y_point == y[test])))

@@ -87,7 +87,9 @@ def test_fit_info_exposes_the_learners_diagnostics(method, task):
         assert all(0 < n <= 300 for n in clf.fit_info_["n_simulations"])  # n_simulations=300 per round
     restored = pickle.loads(pickle.dumps(clf))
     assert set(restored.fit_info_) == set(clf.fit_info_)
-    assert BlackBoxPromptClassifier(backend, method="zero-shot").fit(X, y).fit_info_ == {}
+    zero_shot = BlackBoxPromptClassifier(backend, method="zero-shot").fit(X, y)
+    assert set(zero_shot.fit_info_) == {"calibration"}  # no learner: only the read-out's choice
+    assert ("calibration" in clf.fit_info_) == (not clf.labels_only_)
 
 
 @pytest.mark.sbi

@@ -13,7 +13,6 @@ from scipy.optimize import minimize
 
 from skprompt import BlackBoxPromptClassifier
 from skprompt.backends import FunctionBackend
-from skprompt.classifier import DEFAULT_CALIBRATION
 from skprompt.readout import apply_readout, fit_readout
 
 from toy_tasks import LinearToyModel, make_toy_task
@@ -27,27 +26,54 @@ def _scores(rng, n, N, C, bias):
     return s - np.log(np.exp(s).sum(-1, keepdims=True)), y
 
 
-@pytest.mark.parametrize("kind", ["bias", "affine"])
+@pytest.mark.parametrize("kind", ["bias", "affine", "linear"])
 def test_fit_is_the_optimum_of_the_penalised_log_loss(kind):
     rng = np.random.default_rng(0)
     for C in (2, 5):
         s, y = _scores(rng, 6, 40, C, rng.normal(size=C) * 2)
         b, a = fit_readout(s, y, kind, l2=0.01)
-        prior = np.r_[np.zeros(C), 1.0] if kind == "affine" else np.zeros(C)
+        prior = {"bias": np.zeros(C), "affine": np.r_[np.zeros(C), 1.0],
+                 "linear": np.r_[np.zeros(C), np.eye(C).ravel()]}[kind]
 
         def obj(th, k):
-            logits = (th[C] if kind == "affine" else 1.0) * s[k] + th[:C]
+            if kind == "linear":
+                logits = s[k] @ th[C:].reshape(C, C).T + th[:C]
+            else:
+                logits = (th[C] if kind == "affine" else 1.0) * s[k] + th[:C]
             lp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
             # the L2 pull is on the summed log loss: l2 / 2 per text count
             return -lp[np.arange(len(y)), y].mean() + 0.5 * 0.01 / len(y) * np.sum((th - prior) ** 2)
 
         for k in range(len(s)):
             ref = minimize(obj, prior, args=(k,), method="BFGS", options={"gtol": 1e-10})
-            mine = np.r_[b[k], a[k]] if kind == "affine" else b[k]
+            mine = b[k] if kind == "bias" else np.r_[b[k], np.ravel(a[k])]
             assert obj(mine, k) <= ref.fun + 1e-9
             np.testing.assert_allclose(mine, ref.x, atol=1e-4)
+            # what apply_readout gives is the fitted model's log-probabilities
+            logits = (s[k] @ a[k].T if kind == "linear" else a[k] * s[k]) + b[k]
+            np.testing.assert_allclose(apply_readout(s[k:k + 1], b[k:k + 1], a[k:k + 1])[0],
+                                       logits - np.log(np.exp(logits).sum(-1, keepdims=True)), atol=1e-12)
         if kind == "bias":
             np.testing.assert_array_equal(a, 1.0)
+
+
+def test_a_linear_map_learns_what_offsets_and_a_temperature_cannot():
+    """Label words whose scores are swapped between two classes: no offset or
+    temperature can undo a permutation, the linear map does, and the
+    cross-validated log loss tells the families apart on held-out texts."""
+    from skprompt.readout import cross_validated_log_loss
+
+    rng = np.random.default_rng(1)
+    s, y = _scores(rng, 1, 150, 3, np.zeros(3))
+    swapped = s[..., [1, 0, 2]]
+    cv = {kind: cross_validated_log_loss(swapped, y, kind)[0] for kind in (None, "bias", "affine", "linear")}
+    assert cv["linear"] < min(cv["bias"], cv["affine"]) - 0.3, cv
+    offsets, W = fit_readout(swapped, y, "linear")
+    assert np.mean(apply_readout(swapped, offsets, W)[0].argmax(-1) == y) > 0.7
+    assert W[0, 0, 1] > W[0, 0, 0] and W[0, 1, 0] > W[0, 1, 1]  # the map swaps them back
+    # where the scores are right, the map stays near the identity and loses little to the offsets
+    cv = {kind: cross_validated_log_loss(s, y, kind)[0] for kind in ("affine", "linear")}
+    assert cv["linear"] < cv["affine"] + 0.05, cv
 
 
 def test_the_default_pull_vanishes_as_texts_grow():
@@ -107,26 +133,69 @@ def test_zero_shot_read_out_costs_one_query_per_text_and_removes_the_bias():
     raw = BlackBoxPromptClassifier(backend, method="zero-shot", calibration=None).fit(X[:40], y[:40])
     cal = BlackBoxPromptClassifier(backend, method="zero-shot").fit(X[:40], y[:40])  # "auto"
     assert raw.n_queries_ == 0 and cal.n_queries_ == 40
-    assert cal.calibration_ == DEFAULT_CALIBRATION and cal.offsets_.shape == (1, 2)
+    assert cal.calibration_ == cal.fit_info_["calibration"]["chosen"] and cal.offsets_.shape == (1, 2)
+    assert cal.fit_info_["calibration"]["n_texts"] == 40  # chosen on the texts it scored, at no extra query
     # the model without a prompt answers class 0 for every text: the read-out undoes that
     assert raw.predict_proba(X[40:])[:, 0].min() > 0.99
     p = cal.predict_proba(X[40:])
     assert abs(p[:, 0].mean() - np.mean(y[40:] == cal.classes_[0])) < 0.15
 
 
+@pytest.mark.parametrize("calibration", ["affine", "linear"])
 @pytest.mark.parametrize("method", ["bbt", "ensemble", "vi"])
-def test_every_kept_prompt_carries_its_read_out_into_predict_proba(method):
+def test_every_kept_prompt_carries_its_read_out_into_predict_proba(method, calibration):
     backend, X, y = biased_task()
-    clf = BlackBoxPromptClassifier(backend, method=method, calibration="affine", n_prompt_tokens=1,
+    clf = BlackBoxPromptClassifier(backend, method=method, calibration=calibration, n_prompt_tokens=1,
                                    random_state=0, budget=6000).fit(X[:40], y[:40])
     k = len(clf.samples_)
-    assert clf.offsets_.shape == (k, 2) and clf.scales_.shape == (k,)
+    assert clf.calibration_ == calibration and "calibration" not in clf.fit_info_
+    assert clf.offsets_.shape == (k, 2)
+    assert clf.scales_.shape == ((k,) if calibration == "affine" else (k, 2, 2))
     assert clf.n_queries_ <= 6000
     raw = backend.score(clf.prompt_embeddings_, X[40:], list(clf.classes_))
     manual = np.exp(apply_readout(raw, clf.offsets_, clf.scales_))
     np.testing.assert_allclose(clf.predict_proba(X[40:]), clf.weights_ @ manual.transpose(1, 0, 2), atol=1e-10)
-    # the read-out of each kept prompt is the one fitted on its own training scores
-    np.testing.assert_allclose(np.abs(np.diff(clf.offsets_, axis=1)).ravel(), 6.0, atol=3.0)
+    if calibration == "affine":
+        # the read-out of each kept prompt is the one fitted on its own training scores
+        np.testing.assert_allclose(np.abs(np.diff(clf.offsets_, axis=1)).ravel(), 6.0, atol=3.0)
+
+
+class SwappedWordsModel:
+    """Scores that rank the classes right, except that the label words of
+    classes 0 and 1 trade places (``swap=True``); the prompt does nothing."""
+
+    def __init__(self, w_true, swap):
+        self.w_true, self.order = w_true, [1, 0, 2] if swap else [0, 1, 2]
+
+    def __call__(self, prompts, texts):
+        from toy_tasks import text_features
+
+        phi = np.stack([text_features(t, 3) for t in texts])
+        return np.broadcast_to(3.0 * (phi @ self.w_true.T)[:, self.order], (len(prompts), len(texts), 3))
+
+
+@pytest.mark.parametrize("method", ["zero-shot", "bbt"])
+def test_auto_read_out_is_the_linear_map_only_where_it_earns_it(method):
+    """Label words that swap two of three classes: no offsets and temperature
+    can undo it, and "auto" finds the linear map, on the scores the fit asked
+    for anyway; with the words in place it keeps offsets and a temperature."""
+    rng = np.random.default_rng(0)
+    w_true = rng.standard_normal((3, 3))
+    texts = [f"review {i}" for i in range(360)]
+    kw = dict(method=method, random_state=0) if method == "zero-shot" else dict(
+        method=method, n_prompt_tokens=1, intrinsic_dim=4, max_iter=3, random_state=0)
+    for swap, expected in ((True, "linear"), (False, "affine")):
+        model = SwappedWordsModel(w_true, swap)
+        backend = FunctionBackend(model, embedding_dim=9)
+        y = np.array(["a", "b", "c"])[SwappedWordsModel(w_true, False)(np.zeros((1, 1, 9)), texts)[0].argmax(-1)]
+        auto = BlackBoxPromptClassifier(backend, **kw).fit(texts[:60], y[:60])
+        report = auto.fit_info_["calibration"]
+        assert auto.calibration_ == report["chosen"] == expected, report
+        fixed = BlackBoxPromptClassifier(backend, calibration="affine", **kw).fit(texts[:60], y[:60])
+        assert auto.n_queries_ == fixed.n_queries_  # the choice costs no query
+        if swap:
+            assert auto.score(texts[60:], y[60:]) > 0.9 > fixed.score(texts[60:], y[60:]) + 0.2
+            assert report["cv_log_loss"]["linear"] < report["cv_log_loss"]["affine"]
 
 
 def test_calibrated_search_beats_the_uncalibrated_one_on_a_biased_model():
