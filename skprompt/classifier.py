@@ -146,9 +146,8 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         score-based predictions, the family of
         :data:`~skprompt.readout.AUTO_CALIBRATIONS` with the lowest
         cross-validated log loss on the first training scores the fit asks
-        for (:func:`~skprompt.readout.choose_readout`; no extra query), a
-        richer one only where it wins by more than a standard error
-        (``calibration_``, ``fit_info_["calibration"]``); ``None`` for
+        for (:func:`~skprompt.readout.choose_readout`; no extra query;
+        ``calibration_``, ``fit_info_["calibration"]``); ``None`` for
         vote-based ones. Needs class scores: an
         explicit value with a likelihood-free method or a label-only backend
         is an error. ``None``: the raw scores.

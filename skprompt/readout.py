@@ -43,8 +43,8 @@ __all__ = ["AUTO_CALIBRATIONS", "CALIBRATIONS", "DEFAULT_L2", "apply_readout", "
 
 #: Values of the estimators' ``calibration`` parameter that fit a read-out.
 CALIBRATIONS = ("bias", "affine", "linear")
-#: The families ``calibration="auto"`` chooses from, simplest first: a later
-#: one is chosen only where it wins by more than the noise (:func:`choose_readout`).
+#: The families ``calibration="auto"`` chooses from, simplest first (ties
+#: keep the simpler; :func:`choose_readout`).
 AUTO_CALIBRATIONS = ("affine", "linear")
 #: Strength of the L2 pull of ``b`` toward 0 and ``a`` toward 1, added to the
 #: *summed* log loss of the texts (in units of one text's log loss), so that
@@ -280,11 +280,14 @@ def _held_out_log_loss(log_proba, y, kind, n_splits, l2):
 def choose_readout(log_proba, y, *, kinds=AUTO_CALIBRATIONS, n_splits=5, l2=DEFAULT_L2):
     """The read-out family ``calibration="auto"`` fits, chosen on scores already asked for.
 
-    Each family's held-out log loss per text (:func:`cross_validated_log_loss`,
-    averaged over the candidates) is compared with the current choice's,
-    starting from the first of ``kinds``: a later family replaces it only if
-    its mean loss is lower by more than one standard error of the per-text
-    differences, so that a richer map must earn its extra parameters.
+    The family with the lowest held-out log loss
+    (:func:`cross_validated_log_loss`, averaged over the candidates) is
+    chosen; ties keep the earlier (simpler) one. A stricter rule (a richer
+    family only where it wins by more than one standard error of the
+    per-text differences) was measured and rejected: on the standard split
+    of three real tasks it kept ``"affine"`` in 3 of 6 cases where the linear
+    map had the lower held-out loss and the better test log loss
+    (docs/defaults.md, "Read-out families").
 
     Parameters
     ----------
@@ -301,8 +304,8 @@ def choose_readout(log_proba, y, *, kinds=AUTO_CALIBRATIONS, n_splits=5, l2=DEFA
     kind : str
     report : dict
         ``cv_log_loss`` (per family), ``standard_error`` (of each family's
-        difference to the first), ``n_texts``, ``n_candidates``, ``chosen``
-        and ``reason``.
+        per-text difference to the first, for reading the margin),
+        ``n_texts``, ``n_candidates``, ``chosen`` and ``reason``.
 
     Examples
     --------
@@ -322,17 +325,15 @@ def choose_readout(log_proba, y, *, kinds=AUTO_CALIBRATIONS, n_splits=5, l2=DEFA
                           "n_candidates": int(np.shape(log_proba)[0]),
                           "reason": f"a class has {smallest} training text(s): too few to cross-validate"}
     losses = {kind: _held_out_log_loss(log_proba, y, kind, n_splits, l2).mean(axis=0) for kind in kinds}
-    chosen, ses = kinds[0], {}
+    means = {kind: float(v.mean()) for kind, v in losses.items()}
+    chosen = min(kinds, key=lambda kind: (means[kind], kinds.index(kind)))
+    ses = {}
     for kind in kinds[1:]:
-        diff = losses[kind] - losses[chosen]
-        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else np.inf
-        ses[kind] = se
-        if diff.mean() < -se:
-            chosen = kind
-    reason = (f"held-out log loss {losses[chosen].mean():.4f} against {losses[kinds[0]].mean():.4f} for "
-              f"{kinds[0]!r}, lower by more than one standard error" if chosen != kinds[0] else
-              f"no richer family's held-out log loss was lower than {kinds[0]!r}'s by more than one standard error")
-    report = {"chosen": chosen, "cv_log_loss": {k: float(v.mean()) for k, v in losses.items()},
+        diff = losses[kind] - losses[kinds[0]]
+        ses[kind] = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("inf")
+    others = ", ".join(f"{k!r} {means[k]:.4f}" for k in kinds if k != chosen)
+    reason = f"lowest {len(np.atleast_1d(y))}-text cross-validated log loss: {means[chosen]:.4f} (against {others})"
+    report = {"chosen": chosen, "cv_log_loss": means,
               "standard_error": ses, "n_texts": int(len(y)), "n_candidates": int(np.shape(log_proba)[0]),
               "reason": reason}
     return chosen, report

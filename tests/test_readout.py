@@ -175,7 +175,7 @@ class SwappedWordsModel:
 
 
 @pytest.mark.parametrize("method", ["zero-shot", "bbt"])
-def test_auto_read_out_is_the_linear_map_only_where_it_earns_it(method):
+def test_auto_read_out_is_the_linear_map_where_it_cross_validates_better(method):
     """Label words that swap two of three classes: no offsets and temperature
     can undo it, and "auto" finds the linear map, on the scores the fit asked
     for anyway; with the words in place it keeps offsets and a temperature."""
