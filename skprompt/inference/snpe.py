@@ -187,7 +187,7 @@ from sklearn.utils import check_random_state
 
 from .._validation import check_param
 from .base import (BudgetExhausted, Learner, LearnerResult, PosteriorWarning, SelectionSlot, aggregate_outputs,
-                   predictive_error, request_cost)
+                   request_cost)
 
 __all__ = ["SNPELearner", "SUMMARIES", "encode_summary", "import_sbi"]
 
@@ -765,8 +765,9 @@ class SNPELearner(Learner):
                 key = None
             else:
                 proba = aggregate_outputs(val_out, np.ones(len(samples)), int(problem.n_classes))
-                info["val_errors"].append(predictive_error(proba, np.asarray(problem.y("val"))))
-                validated.append((r, samples, (proba.argmax(axis=1) != np.asarray(problem.y("val"))).astype(float)))
+                errors = (proba.argmax(axis=1) != np.asarray(problem.y("val"))).astype(np.float64)
+                info["val_errors"].append(float(errors.mean()))  # predictive_error, from the per-text errors
+                validated.append((r, samples, errors))
                 key = (info["val_errors"][-1], -r)
         if key is not None and (kept_key is None or key < kept_key):
             kept, kept_key = samples, key
