@@ -1,7 +1,7 @@
 """Read-out families of the untuned template (issue #20, item 1).
 
 ``method="zero-shot"`` with each ``calibration`` (``None``, ``"affine"``,
-``"linear"``, ``"auto"``) on the standard split of the benchmark (16 + 16
+``"linear"``, ``"topk"``, ``"auto"``) on the standard split of the benchmark (16 + 16
 texts per class to fit, 300 test texts) of each task, per seed: accuracy,
 ECE, log loss on the test texts, and which family ``"auto"`` chose with its
 cross-validated log losses. Every calibration reads the same scores (one
@@ -29,7 +29,7 @@ from skprompt.datasets import few_shot_split, load_task
 from skprompt.evaluation import prediction_metrics
 from skprompt.models import default_backend
 
-CALIBRATIONS = (None, "affine", "linear", "auto")
+CALIBRATIONS = (None, "affine", "linear", "topk", "auto")
 
 
 def run(tasks, seeds, model, k=16, n_test=300):

@@ -24,6 +24,7 @@ what the learner already paid for, and queries only what was never asked.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 
@@ -32,7 +33,7 @@ from joblib import Parallel, delayed, effective_n_jobs
 
 from .inference.base import BudgetExhausted
 from .losses import compute_loss
-from .readout import apply_readout, choose_readout, fit_readout, identity_readout
+from .readout import AUTO_CALIBRATIONS, apply_readout, choose_readout, fit_readout, fit_token_readout, identity_readout
 
 __all__ = ["PromptProblem"]
 
@@ -64,10 +65,15 @@ class PromptProblem:
         ``calibration`` then names it and ``calibration_report`` says why.
     calibration_l2 : float
         L2 pull of the read-out toward the identity (see :func:`~skprompt.readout.fit_readout`).
+    top_k : int
+        Ask the backend for the ``top_k`` largest log-probabilities of every
+        answer too (``score(..., top_k=top_k)``): what the ``"topk"`` read-out
+        learns from (``"auto"`` considers it then). Raw outputs carry them
+        after the class scores.
     """
 
     def __init__(self, backend, projection, classes, splits, loss_name, labels_only, budget=None,
-                 n_jobs=None, progress=None, calibration=None, calibration_l2=None):
+                 n_jobs=None, progress=None, calibration=None, calibration_l2=None, top_k=0):
         self.backend = backend
         self.projection = projection
         self.classes = list(classes)
@@ -85,6 +91,7 @@ class PromptProblem:
         self.calibration = calibration
         self.calibration_l2 = calibration_l2
         self.calibration_report = None
+        self.top_k = top_k
         if calibration is not None and labels_only:
             raise ValueError("calibration needs class scores; this problem has labels only.")
         self.queries = 0
@@ -92,7 +99,7 @@ class PromptProblem:
         self.reserved = 0
         self._lock = threading.Lock()
         self._known = {}  # (split, candidate bytes) -> raw outputs of that candidate
-        self._readouts = {}  # candidate bytes -> (offsets, scale)
+        self._readouts = {}  # candidate bytes -> (offsets, scale, token map or None)
 
     # -- protocol ---------------------------------------------------------
     @property
@@ -150,33 +157,43 @@ class PromptProblem:
         is fitted with too; a candidate keeps the read-out of its first fit.
         """
         if self.calibration is None:
-            return identity_readout(len(Z), self.n_classes)
+            return identity_readout(len(Z), self.n_classes) + (None,)
         keys = [z.tobytes() for z in Z]
         missing = [i for i, k in enumerate(keys) if k not in self._readouts]
         if missing:
             raw = train_outputs[missing] if train_outputs is not None else self.known_outputs(Z[missing], "train")
             if self.calibration == "auto":  # chosen once, on the first scores, so every candidate uses one family
-                self.calibration, self.calibration_report = choose_readout(raw, self.y("train"), **self._l2())
+                kinds = AUTO_CALIBRATIONS if self.top_k else tuple(k for k in AUTO_CALIBRATIONS if k != "topk")
+                self.calibration, self.calibration_report = choose_readout(
+                    raw, self.y("train"), kinds=kinds, n_classes=self.n_classes, **self._l2())
             weight = None
             if sample_weight is not None:
                 weight = np.broadcast_to(np.asarray(sample_weight, dtype=np.float64),
                                          (len(Z), self.n_texts("train")))[missing]
-            offsets, scales = fit_readout(raw, self.y("train"), self.calibration, sample_weight=weight,
-                                          **self._l2())
+            if self.calibration == "topk":
+                offsets, scales, maps = fit_token_readout(raw, self.y("train"), self.n_classes, sample_weight=weight,
+                                                          **self._l2())
+            else:
+                offsets, scales = fit_readout(raw[..., : self.n_classes], self.y("train"), self.calibration,
+                                              sample_weight=weight, **self._l2())
+                maps = [None] * len(missing)
             for j, i in enumerate(missing):
-                self._readouts[keys[i]] = (offsets[j], scales[j])
+                self._readouts[keys[i]] = (offsets[j], scales[j], maps[j])
         offsets = np.stack([self._readouts[k][0] for k in keys])
         scales = np.array([self._readouts[k][1] for k in keys])
-        return offsets, scales
+        maps = [self._readouts[k][2] for k in keys]
+        return offsets, scales, (maps if self.calibration == "topk" else None)
 
     def _l2(self):
         return {} if self.calibration_l2 is None else {"l2": self.calibration_l2}
 
     def readouts(self, Z):
-        """Read-outs ``(offsets, scales)`` of the candidates ``Z``: offsets
-        ``(n, n_classes)`` (0 without ``calibration``), scales ``(n,)`` (1
-        for ``"bias"``) or ``(n, n_classes, n_classes)`` (``"linear"``).
-        Training scores never asked for are queried."""
+        """Read-outs ``(offsets, scales, token_maps)`` of the candidates ``Z``:
+        offsets ``(n, n_classes)`` (0 without ``calibration``), scales
+        ``(n,)`` (1 for ``"bias"``) or ``(n, n_classes, n_classes)``
+        (``"linear"``), token maps (``"topk"``; else None; see
+        :func:`~skprompt.readout.fit_token_readout`). Training scores never
+        asked for are queried."""
         Z = np.atleast_2d(np.asarray(Z, dtype=np.float64))
         return self._readout(Z)
 
@@ -232,6 +249,8 @@ class PromptProblem:
     def query(self, prompts, texts):
         """Scores (or labels) of prompts on texts, split over ``n_jobs`` requests."""
         call = self.backend.predict_labels if self.labels_only else self.backend.score
+        if self.top_k and not self.labels_only:
+            call = functools.partial(self.backend.score, top_k=self.top_k)
         n_chunks = min(effective_n_jobs(self.n_jobs), len(prompts))
         if n_chunks <= 1:
             return call(prompts, texts, self.classes)

@@ -30,7 +30,7 @@ from .inference.cmaes import CMAEnsembleLearner
 from .inference.vi import VariationalLearner
 from .losses import LOSSES, SCORE_LOSSES
 from .projection import RandomProjection
-from .readout import CALIBRATIONS, apply_readout
+from .readout import AUTO_CALIBRATIONS, CALIBRATIONS, DEFAULT_TOP_K, apply_readout
 from .uncertainty import decompose_uncertainty
 from .votes import VoteReadout, out_of_fold_votes, vote_error_rates, vote_shares
 
@@ -127,11 +127,15 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         Training loss of ``"bbt"``, ``"ensemble"`` and ``"vi"``. A label-only
         backend allows only ``"zero_one"``. The likelihood-free methods ignore
         it: their distance is the training error rate.
-    calibration : {"auto", "bias", "affine", "linear"} or None, default="auto"
+    calibration : {"auto", "bias", "affine", "linear", "topk"} or None, default="auto"
         A read-out learnt with the prompt (:mod:`skprompt.readout`): every
         candidate prompt's class scores get per-class offsets (``"bias"``),
-        offsets and a temperature (``"affine"``), or offsets and a full
-        linear map of the class scores (``"linear"``), fitted on that
+        offsets and a temperature (``"affine"``), offsets and a full
+        linear map of the class scores (``"linear"``), or the affine
+        read-out plus weights on the log-probabilities of the other tokens
+        the model names at the answer position (``"topk"``: the backend's
+        top :data:`~skprompt.readout.DEFAULT_TOP_K`, for backends with
+        ``max_top_k``, e.g. the transformers backends), fitted on that
         candidate's own training scores by a small L2-penalised logistic fit
         (no query of its own where the search scores the candidate on the
         training texts anyway; the CMA-ES start and VI's validation draws
@@ -146,7 +150,7 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         score-based predictions, the family of
         :data:`~skprompt.readout.AUTO_CALIBRATIONS` with the lowest
         cross-validated log loss on the first training scores the fit asks
-        for (:func:`~skprompt.readout.choose_readout`; no extra query;
+        for (``"topk"`` where the backend returns top tokens) (:func:`~skprompt.readout.choose_readout`; no extra query;
         ``calibration_``, ``fit_info_["calibration"]``); ``None`` for
         vote-based ones. Needs class scores: an
         explicit value with a likelihood-free method or a label-only backend
@@ -257,7 +261,7 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         How ``predict_proba`` turns votes into probabilities:
         ``vote_smoothing``, or ``1.0`` where a named read-out had no
         validation texts to learn from; ``None`` for score-based predictions.
-    calibration_ : {"bias", "affine", "linear"} or None
+    calibration_ : {"bias", "affine", "linear", "topk"} or None
         The read-out in use (``calibration`` resolved; with ``"auto"``,
         ``fit_info_["calibration"]`` says why: each family's
         cross-validated log loss, the texts and candidates it was measured on).
@@ -267,6 +271,11 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         Each kept prompt's score scale, the inverse of its temperature (1
         for ``"bias"``), or its linear map of the class scores
         (``"linear"``); ``None`` without read-out.
+    token_maps_ : list of dict or None
+        With ``"topk"``: each kept prompt's weights on the top tokens' log-probabilities
+        (:func:`~skprompt.readout.fit_token_readout`); else ``None``.
+    top_k_ : int
+        Top log-probabilities asked for per answer (0 unless ``"topk"`` is in use).
     budget_exhausted_ : bool
         Whether ``fit`` stopped on ``budget``.
     fit_info_ : dict
@@ -452,7 +461,17 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
                 f"calibration={self.calibration!r} fits offsets to class scores, but {why}; "
                 "use calibration=None or 'auto'."
             )
+        if self.calibration == "topk" and not backend.max_top_k:
+            raise ValueError(f"calibration='topk' reads the top log-probabilities of each answer, which {backend!r} "
+                             "does not return (max_top_k=0); use 'auto', 'affine' or 'linear'.")
         return self.calibration
+
+    @staticmethod
+    def _top_k(calibration, backend):
+        """Top log-probabilities to ask for: for ``"topk"``, or ``"auto"`` where it may choose it."""
+        if calibration == "topk" or (calibration == "auto" and "topk" in AUTO_CALIBRATIONS):
+            return min(DEFAULT_TOP_K, int(backend.max_top_k))
+        return 0
 
     def _make_learner(self):
         """The learner for ``method``; its options are validated here, before any query."""
@@ -560,7 +579,8 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
             splits = validation_split(texts, y_idx, self.validation_fraction, rng)
 
         problem = PromptProblem(backend, projection, classes, splits, loss, labels_only,
-                                budget=self.budget, n_jobs=self.n_jobs, calibration=calibration)
+                                budget=self.budget, n_jobs=self.n_jobs, calibration=calibration,
+                                top_k=self._top_k(calibration, backend))
         selection = None
         if zero_shot:
             samples, weights = np.zeros((1, 0)), np.ones(1)
@@ -607,9 +627,9 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
             fit_info = dict(result.info)
             for category, message in result.warnings:
                 warnings.warn(message, category, stacklevel=2)
-        offsets = scales = None
+        offsets = scales = token_maps = None
         if calibration is not None:
-            offsets, scales = problem.readouts(samples)
+            offsets, scales, token_maps = problem.readouts(samples)
             calibration = problem.calibration
             if problem.calibration_report is not None:
                 fit_info["calibration"] = problem.calibration_report
@@ -656,6 +676,8 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         self.calibration_ = calibration
         self.offsets_ = offsets
         self.scales_ = scales
+        self.token_maps_ = token_maps
+        self.top_k_ = problem.top_k if token_maps is not None else 0
         return self
 
     def _fit_votes(self, problem, samples, weights, selection):
@@ -687,12 +709,14 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
     def _outputs(self, X):
         check_is_fitted(self, "samples_")
         texts = check_texts(X)
+        token_maps = getattr(self, "token_maps_", None)  # None: fitted before the "topk" read-out
         problem = PromptProblem(self.backend_, self.projection_, self.classes_, {}, "zero_one",
-                                self.labels_only_, n_jobs=self.n_jobs)
+                                self.labels_only_, n_jobs=self.n_jobs,
+                                top_k=self.top_k_ if token_maps is not None else 0)
         with streaming(self.backend_):  # new texts: do not fill the fit's text cache
             outputs = problem.query(self.prompt_embeddings_, texts)
         if self.offsets_ is not None:
-            outputs = apply_readout(outputs, self.offsets_, self.scales_)
+            outputs = apply_readout(outputs, self.offsets_, self.scales_, token_maps)
         return outputs
 
     def predict_proba(self, X):

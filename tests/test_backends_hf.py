@@ -31,12 +31,13 @@ def _word_id(tok, word):
     return tok(" " + word, add_special_tokens=False)["input_ids"][0]
 
 
-def naive_causal(model, tok, prompts, texts, template, words, position="suffix"):
-    """Full forward per (prompt, text), full-vocabulary logits at the last position."""
+def naive_causal(model, tok, prompts, texts, template, words, position="suffix", vocabulary=False):
+    """Full forward per (prompt, text), full-vocabulary logits at the last position
+    (``vocabulary=True``: the log-softmax over the whole vocabulary instead of the words)."""
     emb = model.get_input_embeddings()
     ids = [_word_id(tok, w) for w in words]
     head_t, tail_t = template.split("{text}")
-    out = np.empty((len(prompts), len(texts), len(ids)))
+    out = np.empty((len(prompts), len(texts), model.config.vocab_size if vocabulary else len(ids)))
     with torch.no_grad():
         for p, prompt in enumerate(prompts):
             prompt = torch.as_tensor(prompt, dtype=torch.float32)
@@ -53,7 +54,7 @@ def naive_causal(model, tok, prompts, texts, template, words, position="suffix")
                              emb(torch.tensor(body, dtype=torch.long))]
                 x = torch.cat(parts)[None]
                 logits = model(inputs_embeds=x).logits[0, -1]
-                out[p, j] = torch.log_softmax(logits[ids].double(), -1).numpy()
+                out[p, j] = torch.log_softmax((logits if vocabulary else logits[ids]).double(), -1).numpy()
     return out
 
 
@@ -221,6 +222,67 @@ def test_full_head_fallback_gives_same_scores(tiny_llama_dir):
     slow._handle._readout = hf._Readout(False)  # as for an unrecognised output head
     prompts = random_prompts(fast, 2, 3)
     np.testing.assert_allclose(slow.score(prompts, TEXTS, CLASSES), fast.score(prompts, TEXTS, CLASSES), atol=TOL)
+
+
+# ------------------------------------------------------------- top tokens
+@pytest.mark.parametrize("position", ["suffix", "prefix"])
+@pytest.mark.parametrize("fast", [True, False])
+def test_top_k_are_the_model_s_largest_log_probabilities(tiny_llama_dir, position, fast):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    backend = CausalLMBackend(model, tok, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER,
+                              prompt_position=position)
+    if not fast:  # as for an unrecognised output head: the model's own logits
+        backend._handle = hf._ModelHandle(model, tok, "causal")
+        backend._handle._readout = hf._Readout(False)
+    assert backend.max_top_k == model.config.vocab_size
+    prompts = random_prompts(backend, 2, 3)
+    k = 7
+    out = backend.score(prompts, TEXTS, CLASSES, top_k=k)
+    assert out.shape == (2, len(TEXTS), len(CLASSES) + 2 * k)
+    ref = naive_causal(model, tok, prompts, TEXTS, CAUSAL_TEMPLATE, ["great", "terrible"], position=position,
+                       vocabulary=True)
+    ids = out[..., len(CLASSES) + k:].astype(int)
+    np.testing.assert_allclose(out[..., len(CLASSES): len(CLASSES) + k], np.sort(ref, -1)[..., ::-1][..., :k],
+                               atol=TOL)
+    np.testing.assert_allclose(np.take_along_axis(ref, ids, -1), out[..., len(CLASSES): len(CLASSES) + k], atol=TOL)
+    # the class columns are the plain scores, and a later plain call is answered from the cache
+    requests = backend.stats["requests"]
+    np.testing.assert_allclose(backend.score(prompts, TEXTS, CLASSES), out[..., : len(CLASSES)], atol=1e-6)
+    assert backend.stats["requests"] == requests
+    # asked again with the top tokens: the cache answers too
+    np.testing.assert_array_equal(backend.score(prompts, TEXTS, CLASSES, top_k=k), out)
+    assert backend.stats["requests"] == requests
+
+
+def test_top_k_is_checked_before_any_query(llama):
+    from skprompt.backends import FunctionBackend
+
+    prompts = random_prompts(llama, 1, 2)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(BackendError, match="top_k"):
+            llama.score(prompts, TEXTS, CLASSES, top_k=bad)
+    with pytest.raises(BackendError, match="max_top_k"):
+        llama.score(prompts, TEXTS, CLASSES, top_k=llama.max_top_k + 1)
+    fn = FunctionBackend(lambda p, t, c: np.zeros((len(p), len(t), len(c))), embedding_dim=4)
+    assert fn.max_top_k == 0
+    with pytest.raises(BackendError, match="max_top_k=0"):
+        fn.score(np.zeros((1, 1, 4)), ["a"], [0, 1], top_k=3)
+    assert llama.stats["requests"] == 0
+
+
+def test_masked_lm_top_k(tiny_bert_dir):
+    backend = MaskedLMBackend(tiny_bert_dir, template="{text} It was {mask}.",
+                              verbalizer={"fresh": "great", "rotten": "terrible"}, cache_size=0)
+    prompts = random_prompts(backend, 2, 3)
+    out = backend.score(prompts, TEXTS, CLASSES, top_k=5)
+    np.testing.assert_allclose(out[..., :2], backend.score(prompts, TEXTS, CLASSES), atol=1e-6)
+    values = out[..., 2:7]
+    assert np.all(np.diff(values, axis=-1) <= 0) and np.all(values <= 0)
+    # the k largest of a distribution over the vocabulary: at most probability 1 together
+    assert np.all(np.exp(values).sum(-1) <= 1 + 1e-5)
 
 
 # ---------------------------------------------------------------- text cache

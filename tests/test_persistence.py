@@ -235,7 +235,12 @@ def test_saved_files_hold_no_weights(hf_saved, name):
             # The largest array is a kept prompt or the projection, far below
             # the embedding table (vocabulary x hidden size).
             assert max(arrays.values(), default=0) < table_bytes / 8, arrays
-            assert sum(arrays.values()) < table_bytes / 2, arrays
+            # the "topk" read-out's token maps grow with the top tokens (at most
+            # MAX_TOKENS per kept prompt), not with the model: a tiny model's
+            # vocabulary is small enough for them to matter here
+            maps = [a for m in (getattr(est, "token_maps_", None) or []) for a in m.values()]
+            map_bytes = sum(a.nbytes + 128 for a in maps)  # an .npy header is 128 bytes
+            assert sum(arrays.values()) - map_bytes < table_bytes / 2, arrays
 
 
 def _skops_strings(path):

@@ -13,7 +13,7 @@ from scipy.optimize import minimize
 
 from skprompt import BlackBoxPromptClassifier
 from skprompt.backends import FunctionBackend
-from skprompt.readout import apply_readout, fit_readout
+from skprompt.readout import apply_readout, choose_readout, fit_readout, fit_token_readout, token_features
 
 from toy_tasks import LinearToyModel, make_toy_task
 
@@ -241,3 +241,131 @@ def test_bootstrap_members_fit_their_own_weights_of_the_texts():
     assert not np.allclose(clf.samples_, plain.samples_)
     again = BlackBoxPromptClassifier(backend, method_params={"bootstrap": True}, **kw).fit(X[:40], y[:40])
     np.testing.assert_array_equal(again.predict_proba(X[40:]), clf.predict_proba(X[40:]))
+
+
+# ------------------------------------------------------------ the "topk" read-out
+AUTO_AND_TOPK = ("affine", "linear", "topk")
+
+
+class TopicTokenModel:
+    """A model whose label words say nothing (equal scores, plus a prompt
+    term), but whose answer names a topic token of the text's class (token
+    ``100 + class``) among distractors, and a wrong one in ``noise`` of the
+    texts: the ``"topk"`` read-out can learn the class, offsets and a
+    temperature cannot. Texts are ``"<class> <i>"``."""
+
+    def __init__(self, n_classes=3, noise=0.15, seed=0):
+        self.n_classes, self.noise, self.seed = n_classes, noise, seed
+
+    def __call__(self, prompts, texts, classes, top_k=0):
+        n_p, C = len(prompts), len(classes)
+        scores = np.zeros((n_p, len(texts), C))
+        if prompts.shape[1]:
+            scores += prompts[:, 0, :C][:, None, :]
+        if not top_k:
+            return scores
+        top = np.empty((n_p, len(texts), 2 * top_k))
+        for j, text in enumerate(texts):
+            label, i = (int(v) for v in text.split())
+            rng = np.random.default_rng([self.seed, i])
+            topic = label if rng.random() > self.noise else (label + 1 + rng.integers(self.n_classes - 1)) % C
+            distract = rng.choice(np.arange(200, 260), top_k - 1, replace=False)
+            values = np.sort(rng.uniform(-6.0, -2.0, top_k - 1))[::-1]
+            top[:, j, :top_k] = np.concatenate([[-0.7], values])
+            top[:, j, top_k:] = np.concatenate([[100 + topic], distract])
+        return np.concatenate([scores, top], axis=-1)
+
+
+def topic_task(n_texts, seed=0, noise=0.15):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n_texts)
+    return [f"{c} {1000 * seed + i}" for i, c in enumerate(y)], np.array(["a", "b", "c"])[y]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_token_read_out_learns_a_class_the_label_words_miss(seed):
+    backend = FunctionBackend(TopicTokenModel(seed=seed), embedding_dim=4, max_top_k=10)
+    X, y = topic_task(360, seed)
+    topk = BlackBoxPromptClassifier(backend, method="zero-shot", calibration="topk").fit(X[:60], y[:60])
+    affine = BlackBoxPromptClassifier(backend, method="zero-shot", calibration="affine").fit(X[:60], y[:60])
+    assert topk.top_k_ == 10 and len(topk.token_maps_) == 1 and affine.token_maps_ is None
+    # 85 % of the texts name their own topic token (among 9 distractors): from 60 texts the read-out
+    # gets most of that (0.67-0.74 on these seeds), the label words chance
+    assert topk.score(X[60:], y[60:]) > 0.6
+    assert affine.score(X[60:], y[60:]) < 0.45
+    # what predict_proba gives is the read-out applied to the backend's answers
+    raw = backend.score(topk.prompt_embeddings_, X[60:], list(topk.classes_), top_k=10)
+    np.testing.assert_allclose(topk.predict_proba(X[60:]),
+                               np.exp(apply_readout(raw, topk.offsets_, topk.scales_, topk.token_maps_))[0])
+    # the choice of "auto" among the families, at no query
+    kind, report = choose_readout(raw[:, :60], np.searchsorted(topk.classes_, y[60:120]), kinds=AUTO_AND_TOPK,
+                                  n_classes=3)
+    assert kind == "topk", report
+
+
+def test_token_read_out_with_a_strong_pull_is_the_affine_read_out():
+    rng = np.random.default_rng(0)
+    s, y = _scores(rng, 2, 80, 3, np.array([0.5, 0.0, -0.5]))
+    top = np.sort(rng.uniform(-8, -0.1, (2, 80, 5)), axis=-1)[..., ::-1]
+    ids = rng.integers(0, 30, (2, 80, 5))
+    out = np.concatenate([s, top, ids], axis=-1)
+    b, a, maps = fit_token_readout(out, y, 3, token_l2=1e5)
+    b_aff, a_aff = fit_readout(s, y, "affine")
+    np.testing.assert_allclose(b, b_aff, atol=1e-4)
+    np.testing.assert_allclose(a, a_aff, atol=1e-4)
+    assert max(np.abs(m["weights"]).max() for m in maps) < 1e-3  # of order (summed gradient) / token_l2
+
+
+def test_token_read_out_is_the_optimum_of_its_penalised_log_loss():
+    rng = np.random.default_rng(1)
+    s, y = _scores(rng, 1, 50, 2, 0.0)
+    top = np.sort(rng.uniform(-8, -0.1, (1, 50, 4)), axis=-1)[..., ::-1]
+    ids = rng.integers(0, 8, (1, 50, 4))
+    out = np.concatenate([s, top, ids], axis=-1)
+    b, a, maps = fit_token_readout(out, y, 2, l2=0.5, token_l2=3.0)
+    m = maps[0]
+    F = (np.concatenate([token_features(out[0], 2, m["vocabulary"]), s[0]], axis=1) - m["centre"]) / m["spread"]
+
+    def objective(theta):
+        bb, aa, W = theta[:2], theta[2], theta[3:].reshape(2, -1)
+        logits = aa * s[0] + bb + F @ W.T
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        return -logp[np.arange(50), y].sum() + 0.25 * (bb @ bb + (aa - 1) ** 2) + 1.5 * np.sum(W * W)
+
+    theta = np.concatenate([b[0], a, m["weights"].ravel()])
+    best = minimize(objective, np.concatenate([[0, 0, 1], np.zeros(theta.size - 3)]), method="BFGS", tol=1e-10)
+    assert objective(theta) <= best.fun + 1e-6
+
+
+def test_token_features_floor_a_missing_token_at_the_text_s_smallest_top_value():
+    out = np.array([[0.0, 0.0, -0.1, -2.0, 7, 3], [0.0, 0.0, -0.5, -1.0, 3, 9]])
+    feats = token_features(out, 2, np.array([3, 7, 9]))
+    np.testing.assert_allclose(feats, [[-2.0, -0.1, -2.0], [-0.5, -1.0, -1.0]])
+
+
+def test_token_read_out_needs_a_backend_with_top_tokens():
+    calls = []
+
+    def fn(prompts, texts):
+        calls.append(1)
+        return np.zeros((len(prompts), len(texts), 2))
+
+    clf = BlackBoxPromptClassifier(FunctionBackend(fn, embedding_dim=4), method="zero-shot", calibration="topk")
+    with pytest.raises(ValueError, match="calibration='topk'.*max_top_k=0"):
+        clf.fit(["a", "b", "c", "d"], [0, 1, 0, 1])
+    assert not calls
+
+
+@pytest.mark.filterwarnings("ignore::skprompt.BudgetWarning")
+def test_token_read_out_through_a_search_and_a_pickle():
+    import pickle
+
+    backend = FunctionBackend(TopicTokenModel(seed=0), embedding_dim=4, max_top_k=10)
+    X, y = topic_task(200, 0)
+    clf = BlackBoxPromptClassifier(backend, method="ensemble", calibration="topk", n_prompt_tokens=1,
+                                   random_state=0, budget=8000).fit(X[:60], y[:60])
+    k = len(clf.samples_)
+    assert clf.calibration_ == "topk" and len(clf.token_maps_) == k and clf.scales_.shape == (k,)
+    assert clf.score(X[60:], y[60:]) > 0.6
+    again = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(again.predict_proba(X[60:]), clf.predict_proba(X[60:]))

@@ -159,6 +159,24 @@ def test_smollm2_cached_suffix_matches_naive(smol):
 
 
 @pytest.mark.real_model
+def test_smollm2_top_tokens_are_the_model_s_largest_log_probabilities(smol):
+    tok = smol.tokenizer
+    prompts = _prompts(smol, 2, 3, seed=2)
+    out = smol.score(prompts, TEXTS, CLASSES, top_k=5)
+    emb = smol.model.get_input_embeddings()
+    head_t, tail_t = TEMPLATE.split("{text}")
+    tail = emb(torch.tensor(tok(tail_t, add_special_tokens=False)["input_ids"]))
+    with torch.no_grad():
+        for p, prompt in enumerate(torch.as_tensor(prompts)):
+            for j, text in enumerate(TEXTS):
+                head = emb(torch.tensor(tok(head_t + text)["input_ids"]))
+                logits = smol.model(inputs_embeds=torch.cat([head, prompt, tail])[None]).logits[0, -1]
+                top = torch.log_softmax(logits.double(), -1).topk(5)
+                np.testing.assert_allclose(out[p, j, 2:7], top.values.numpy(), atol=1e-4)
+                assert out[p, j, 7:].astype(int).tolist() == top.indices.tolist()
+
+
+@pytest.mark.real_model
 def test_smollm2_padding_invariance(smol):
     from skprompt.backends import CausalLMBackend
 

@@ -133,3 +133,28 @@ def test_calibrated_read_out_lifts_zero_shot_on_bbc_news():
     mean = lambda rows, key: float(np.mean([r[key] for r in rows]))  # noqa: E731
     assert mean(cal, "accuracy") > mean(raw, "accuracy") + 0.1, (raw, cal)
     assert mean(cal, "log_loss") < mean(raw, "log_loss"), (raw, cal)
+
+
+def test_top_tokens_read_out_beats_the_affine_one_on_bbc_news():
+    """The untuned template on BBC News, seeds 0 and 1 (16 fit texts per
+    class, 100 test texts): the top-50 tokens read-out against offsets and a
+    temperature. Measured on seeds 0-2 with 300 test texts (32 fit texts per
+    class): NLL 0.409 vs 0.531, accuracy 0.858 vs 0.819 (docs/defaults.md)."""
+    from skprompt.datasets import few_shot_split, load_task
+    from skprompt.evaluation import prediction_metrics
+    from skprompt.models import default_backend
+
+    task = load_task("bbc_news")
+    backend = default_backend(template=task.template, verbalizer=task.verbalizer)
+    rows = {"affine": [], "topk": []}
+    for seed in (0, 1):
+        split = few_shot_split(task.texts, task.target, n_per_class=16, n_test=100, random_state=seed)
+        for calibration, out in rows.items():
+            clf = BlackBoxPromptClassifier(backend, method="zero-shot", calibration=calibration)
+            clf.fit(split.X_train, split.y_train)
+            assert clf.n_queries_ == len(split.X_train)
+            out.append(prediction_metrics(split.y_test, clf.predict_proba(split.X_test), clf.classes_))
+    assert clf.top_k_ == 50 and len(clf.token_maps_) == 1
+    mean = lambda key, name: float(np.mean([r[key] for r in rows[name]]))  # noqa: E731
+    assert mean("log_loss", "topk") < mean("log_loss", "affine") - 0.03, rows
+    assert mean("accuracy", "topk") > mean("accuracy", "affine") - 0.02, rows

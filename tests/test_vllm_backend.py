@@ -87,6 +87,18 @@ def test_label_words_outside_the_top_logprobs_are_asked_for(server, tiny_llama_d
     assert top1.stats["http_requests"] > 1 + n_chunks
 
 
+def test_top_tokens_equal_the_in_process_backend_s(server, tiny_llama_dir, key_env):
+    remote = _backend(server.url, tiny_llama_dir, cache_size=0, top_logprobs=8)
+    local = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0)
+    assert remote.max_top_k == 8
+    prompts = _prompts(remote, n=2, seed=3)
+    got, want = remote.score(prompts, TEXTS, CLASSES, top_k=5), local.score(prompts, TEXTS, CLASSES, top_k=5)
+    np.testing.assert_allclose(got[..., :2 + 5], want[..., :2 + 5], atol=1e-5)
+    np.testing.assert_array_equal(got[..., 2 + 5:], want[..., 2 + 5:])
+    with pytest.raises(BackendError, match="max_top_k=8"):
+        remote.score(prompts, TEXTS, CLASSES, top_k=9)
+
+
 def test_label_only_answers_are_the_argmax_of_the_scores(server, tiny_llama_dir, key_env):
     scores = _backend(server.url, tiny_llama_dir).score(_prompts_for(server, tiny_llama_dir), TEXTS, CLASSES)
     labels = _backend(server.url, tiny_llama_dir, labels_only=True)

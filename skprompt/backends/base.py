@@ -12,6 +12,7 @@ model weights out of copies.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import random
@@ -159,6 +160,11 @@ class PromptBackend:
 
     #: ``True`` for APIs that only return the predicted label.
     labels_only = False
+    #: How many of the largest log-probabilities of the whole vocabulary at
+    #: the answer position the backend can return beside the class scores
+    #: (``score(..., top_k=k)``); 0: none. Backends that offer it implement
+    #: ``_score(prompts, texts, classes, top_k=0)``.
+    max_top_k = 0
     #: Retries of a failed request (see :func:`call_with_retries`); backends
     #: that talk to a remote model set it from a parameter.
     max_retries = 0
@@ -284,7 +290,7 @@ class PromptBackend:
         return np.argmax(self._cached_score(prompt_embeddings, texts, classes), axis=-1)
 
     # ------------------------------------------------------------ public API
-    def score(self, prompt_embeddings, texts, classes):
+    def score(self, prompt_embeddings, texts, classes, top_k=0):
         """Class log-probabilities of every (prompt, text) pair.
 
         Parameters
@@ -296,16 +302,27 @@ class PromptBackend:
             The inputs, ``n_texts`` of them.
         classes : sequence
             The class labels to read out, in the order of the output columns.
+        top_k : int, default=0
+            Also return the ``top_k`` largest log-probabilities of the whole
+            vocabulary at the answer position and their token ids (at most
+            :attr:`max_top_k`; the ``"topk"`` read-out of
+            :mod:`skprompt.readout` learns from them).
 
         Returns
         -------
-        ndarray of shape (n_prompts, n_texts, n_classes)
+        ndarray of shape (n_prompts, n_texts, n_classes + 2 * top_k)
             Log-softmax over the classes' scores, floored at
-            :data:`LOG_PROBA_FLOOR` (a class scored -inf reads as it).
+            :data:`LOG_PROBA_FLOOR` (a class scored -inf reads as it); with
+            ``top_k``, then the ``top_k`` log-probabilities in decreasing
+            order, then their token ids (as floats).
         """
         if self.labels_only:
             return self._score(None, None, None)  # raises the clear error
         prompts, texts, classes = self._validate_call(prompt_embeddings, texts, classes)
+        if top_k:
+            k = self._check_top_k(top_k)
+            return self._cached_call(prompts, texts, classes, functools.partial(self._score, top_k=k),
+                                     labels=False, top_k=k)
         return self._cached_score(prompts, texts, classes)
 
     def predict_labels(self, prompt_embeddings, texts, classes):
@@ -321,6 +338,14 @@ class PromptBackend:
         return self._cached_call(prompts, texts, classes, self._predict_labels, labels=True)
 
     # -------------------------------------------------------------- helpers
+    def _check_top_k(self, top_k):
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
+            raise BackendError(f"top_k must be a non-negative int; got {top_k!r}.")
+        if top_k > self.max_top_k:
+            raise BackendError(
+                f"top_k={top_k} exceeds what {self._source_name()} can return (max_top_k={self.max_top_k}).")
+        return int(top_k)
+
     def _validate_call(self, prompt_embeddings, texts, classes):
         prompts = np.asarray(prompt_embeddings, dtype=np.float32)
         if prompts.ndim != 3 or prompts.shape[2] != self.embedding_dim:
@@ -358,10 +383,10 @@ class PromptBackend:
                                  backoff=self.retry_backoff, what=f"{self._source_name()}'s request",
                                  on_retry=self._count_retry)
 
-    def _cached_call(self, prompts, texts, classes, compute, labels):
+    def _cached_call(self, prompts, texts, classes, compute, labels, top_k=0):
         n_prompts, n_texts = prompts.shape[0], len(texts)
         n_classes = len(classes)
-        out_shape = (n_prompts, n_texts) if labels else (n_prompts, n_texts, n_classes)
+        out_shape = (n_prompts, n_texts) if labels else (n_prompts, n_texts, n_classes + 2 * top_k)
         if n_prompts == 0 or n_texts == 0:
             return np.zeros(out_shape, dtype=np.int64 if labels else np.float64)
         store = getattr(self, "_store", None)
@@ -374,6 +399,9 @@ class PromptBackend:
             return result
 
         tag = (tuple(map(repr, classes)), labels)
+        # answers with the top tokens are kept apart; their class scores also
+        # answer a later plain call
+        plain_tag, tag = tag, (tag + (("top", top_k),) if top_k else tag)
         pkeys = [self._prompt_key(p) for p in prompts]
         out = np.empty(out_shape, dtype=np.int64 if labels else np.float64)
         known = np.zeros((n_prompts, n_texts), dtype=bool)
@@ -423,8 +451,12 @@ class PromptBackend:
             row_of = {pkeys[i]: r for r, i in enumerate(uniq_idx)}
             if store is not None:
                 # One transaction per request: it is stored whole or not at all.
-                store.put_many((store.key(identity, disk_tag, pk, t), result[r, k])
-                               for pk, r in row_of.items() for t, k in text_pos.items())
+                items = [(store.key(identity, disk_tag, pk, t), result[r, k])
+                         for pk, r in row_of.items() for t, k in text_pos.items()]
+                if top_k:  # the class scores also answer a later plain call
+                    items += [(store.key(identity, repr(plain_tag), pk, t), result[r, k, :n_classes])
+                              for pk, r in row_of.items() for t, k in text_pos.items()]
+                store.put_many(items)
             with self._lock:
                 self._stats["requests"] += 1
                 self._stats["pairs"] += len(uniq_idx) * len(sub_texts)
@@ -432,6 +464,8 @@ class PromptBackend:
                     for pk, r in row_of.items():
                         for t, k in text_pos.items():
                             self._cache[(pk, t, tag)] = result[r, k]
+                            if top_k:
+                                self._cache[(pk, t, plain_tag)] = result[r, k, :n_classes]
                     while len(self._cache) > self.cache_size:
                         self._cache.popitem(last=False)
             for i in missing_prompts:
@@ -457,6 +491,10 @@ class PromptBackend:
                 f"{name} returned an array of shape {arr.shape}; expected {shape} "
                 + ("(n_prompts, n_texts) of class indices." if labels else "(n_prompts, n_texts, n_classes).")
             )
+        if not labels and shape[-1] > n_classes:  # class scores, then top log-probabilities and token ids
+            return np.concatenate([self._checked(arr[..., :n_classes], shape[:-1] + (n_classes,), labels,
+                                                 n_classes, texts), self._checked_top(arr[..., n_classes:])],
+                                  axis=-1)
         if labels:
             if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.bool_)):
                 if not np.issubdtype(arr.dtype, np.floating) or not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
@@ -491,6 +529,18 @@ class PromptBackend:
                 "(with a top-k log-probability API, ask for more top tokens)."
             )
         return np.maximum(log_softmax(arr, axis=-1), LOG_PROBA_FLOOR)
+
+    def _checked_top(self, arr):
+        """Validate the top log-probabilities (decreasing, at most 0) and their token ids."""
+        name = self._source_name()
+        k = arr.shape[-1] // 2
+        values, ids = arr[..., :k].astype(np.float64), arr[..., k:].astype(np.float64)
+        if not np.all(np.isfinite(values)) or np.any(values > 1e-4) or np.any(np.diff(values, axis=-1) > 1e-4):
+            raise BackendError(f"{name} returned top log-probabilities that are not finite, at most 0 and "
+                               "in decreasing order.")
+        if not np.all(np.isfinite(ids)) or np.any(ids < 0) or np.any(ids != np.round(ids)):
+            raise BackendError(f"{name} returned top token ids that are not non-negative integers.")
+        return np.concatenate([np.minimum(values, 0.0), ids], axis=-1)
 
     def _source_name(self):
         return type(self).__name__

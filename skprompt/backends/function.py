@@ -72,6 +72,16 @@ class FunctionBackend(PromptBackend):
         exception fails at once.
     retry_backoff : float, default=0.5
         Seconds before the first retry (doubled at each further one).
+    max_top_k : int, default=0
+        How many of the largest log-probabilities of its vocabulary at the
+        answer position ``fn`` can return beside the class scores (what the
+        ``"topk"`` read-out of :mod:`skprompt.readout` learns from; e.g. an
+        API's top log-probabilities). With ``max_top_k > 0``, ``fn`` is
+        called with a keyword ``top_k`` when they are wanted and returns an
+        ndarray of shape ``(n_prompts, n_texts, n_classes + 2 * top_k)``:
+        the class scores, the ``top_k`` log-probabilities in decreasing
+        order, and their token ids (any non-negative integers naming the
+        tokens consistently).
 
     Examples
     --------
@@ -105,7 +115,7 @@ class FunctionBackend(PromptBackend):
     """
 
     def __init__(self, fn, embedding_dim, *, labels_only=False, embedding_std=None, cache_size=100_000,
-                 pass_classes=None, cache=None, max_retries=0, retry_backoff=0.5):
+                 pass_classes=None, cache=None, max_retries=0, retry_backoff=0.5, max_top_k=0):
         if not callable(fn):
             raise TypeError(f"fn must be callable; got {type(fn).__name__}.")
         if not isinstance(embedding_dim, numbers.Integral) or isinstance(embedding_dim, bool) or embedding_dim < 1:
@@ -121,7 +131,10 @@ class FunctionBackend(PromptBackend):
         if not (isinstance(retry_backoff, numbers.Real) and not isinstance(retry_backoff, bool)
                 and np.isfinite(retry_backoff) and retry_backoff >= 0):
             raise ValueError(f"retry_backoff must be a non-negative number of seconds; got {retry_backoff!r}.")
+        if not isinstance(max_top_k, numbers.Integral) or isinstance(max_top_k, bool) or max_top_k < 0:
+            raise ValueError(f"max_top_k must be a non-negative int; got {max_top_k!r}.")
         super().__init__(cache_size=cache_size, cache=cache)
+        self.max_top_k = int(max_top_k)
         self.max_retries = int(max_retries)
         self.retry_backoff = float(retry_backoff)
         self.fn = fn
@@ -144,7 +157,7 @@ class FunctionBackend(PromptBackend):
         """bool: whether ``fn`` is called with the classes (see ``pass_classes``)."""
         return getattr(self, "_classes_mode", None) is not None
 
-    def _call(self, prompt_embeddings, texts, classes):
+    def _call(self, prompt_embeddings, texts, classes, top_k=0):
         # A read-only copy: fn must not change the caller's array (with the
         # cache off that is the estimator's own prompt_embeddings_).
         prompts = np.array(prompt_embeddings, dtype=np.float32, order="C", copy=True)
@@ -156,6 +169,8 @@ class FunctionBackend(PromptBackend):
             args, kwargs = (prompts, list(texts)), {"classes": list(classes)}
         else:
             args, kwargs = (prompts, list(texts), list(classes)), {}
+        if top_k:
+            kwargs["top_k"] = top_k
         try:
             return self.fn(*args, **kwargs)
         except ValueError as exc:
@@ -167,10 +182,10 @@ class FunctionBackend(PromptBackend):
                 "estimator's prompts: work on a copy, e.g. np.array(prompt_embeddings)."
             ) from exc
 
-    def _score(self, prompt_embeddings, texts, classes):
+    def _score(self, prompt_embeddings, texts, classes, top_k=0):
         if self.labels_only:
             return super()._score(prompt_embeddings, texts, classes)
-        return self._call(prompt_embeddings, texts, classes)
+        return self._call(prompt_embeddings, texts, classes, top_k)
 
     def _predict_labels(self, prompt_embeddings, texts, classes):
         if self.labels_only:

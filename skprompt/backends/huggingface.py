@@ -392,12 +392,13 @@ def _close(fast, full):
 
 
 class _Readout:
-    """Computes class logits from hidden states at the readout positions.
+    """Computes class logits from what a forward returns at the readout positions.
 
     ``fast=True``: the verbalizer rows of the output layer (plus bias and the
     model's logit scaling) applied to the final hidden state of the readout
     positions only. ``fast=False``: the model's own head (full vocabulary),
-    used for architectures whose head is not recognised.
+    used for architectures whose head is not recognised. :meth:`forward` runs
+    the model part the read-out needs; :meth:`logits` reads its output.
     """
 
     def __init__(self, fast, weight=None, bias=None, transform=None, scale=1.0, softcap=None):
@@ -408,20 +409,32 @@ class _Readout:
         self.scale = scale
         self.softcap = softcap
 
-    def logits(self, hidden, token_ids):
-        """Class logits (n, C) from hidden states (n, D) for the given vocabulary ids."""
-        ids = torch.as_tensor(token_ids, dtype=torch.long, device=hidden.device)
+    def forward(self, handle, **kwargs):
+        """The base model's last hidden states (fast) or the model's logits, (B, T, ·)."""
+        if self.fast:
+            return handle.base(**kwargs).last_hidden_state
+        return handle.model(**kwargs).logits
+
+    def logits(self, x, token_ids):
+        """Class logits (n, C) for the vocabulary ids ``token_ids`` from ``x``
+        (n, ·), rows of what :meth:`forward` returned."""
+        ids = torch.as_tensor(token_ids, dtype=torch.long, device=x.device)
+        if not self.fast:
+            return x.index_select(-1, ids).float()
         if self.transform is not None:
-            hidden = self.transform(hidden)
-        out = hidden @ self.weight.index_select(0, ids).T
+            x = self.transform(x)
+        out = x @ self.weight.index_select(0, ids).T
         if self.bias is not None:
             out = out + self.bias.index_select(0, ids)
         return self._finish(out)
 
-    def full_logits(self, hidden):
+    def full_logits(self, x):
+        """Logits (n, V) of the whole vocabulary from rows of :meth:`forward`'s output."""
+        if not self.fast:
+            return x.float()
         if self.transform is not None:
-            hidden = self.transform(hidden)
-        out = hidden @ self.weight.T
+            x = self.transform(x)
+        out = x @ self.weight.T
         if self.bias is not None:
             out = out + self.bias
         return self._finish(out)
@@ -433,6 +446,22 @@ class _Readout:
         if self.softcap:
             out = torch.tanh(out / self.softcap) * self.softcap
         return out
+
+
+class _TopReadout:
+    """A read-out that returns, after the class logits, the ``k`` largest
+    log-probabilities of the whole vocabulary and their token ids (as floats:
+    exact below 2**24), (n, C + 2k); what ``score(..., top_k=k)`` asks for."""
+
+    def __init__(self, base, k):
+        self.base, self.k, self.fast = base, k, base.fast
+
+    def forward(self, handle, **kwargs):
+        return self.base.forward(handle, **kwargs)
+
+    def logits(self, x, token_ids):
+        top = torch.log_softmax(self.base.full_logits(x), dim=-1).topk(self.k, dim=-1)
+        return torch.cat([self.base.logits(x, token_ids), top.values, top.indices.float()], dim=-1)
 
 
 def _causal_readout(handle):
@@ -1114,6 +1143,13 @@ class _HFBackend(_TokenizedBackend):
     def embedding_dim(self):
         return int(self._get_handle().input_embeddings.weight.shape[1])
 
+    @property
+    def max_top_k(self):
+        """The whole vocabulary: the model's own output at the answer position is at hand."""
+        head = self._get_handle().model.get_output_embeddings()
+        weight = getattr(head, "weight", None)
+        return int(weight.shape[0]) if weight is not None else len(self.tokenizer)
+
     # -- context ------------------------------------------------------------------
     def context_length(self):
         """int or None: positions the model can attend to
@@ -1428,13 +1464,13 @@ class CausalLMBackend(_HFBackend):
 
     # -- scoring ------------------------------------------------------------------
     @_with_threads
-    def _score(self, prompt_embeddings, texts, classes):
+    def _score(self, prompt_embeddings, texts, classes, top_k=0):
         token_ids = self._class_token_ids(classes)
         texts = self._fit_to_context(texts, prompt_embeddings.shape[1])
         handle = self._get_handle()
-        readout = handle.readout()
+        readout = _TopReadout(handle.readout(), top_k) if top_k else handle.readout()
         n_prompts, n_texts = prompt_embeddings.shape[0], len(texts)
-        out = np.empty((n_prompts, n_texts, len(token_ids)), dtype=np.float32)
+        out = np.empty((n_prompts, n_texts, len(token_ids) + 2 * top_k), dtype=np.float32)
         with torch.inference_mode():
             prompts = self._prompt_tensor(prompt_embeddings, handle)
             if self.prompt_position in ("suffix", "tail"):
@@ -1563,9 +1599,7 @@ class CausalLMBackend(_HFBackend):
         n_suffix = suffix.shape[1]
         if n_suffix == 0:  # no prompt, no tail: the head's last position is the readout
             last = torch.stack([e.last_out for e in entries])
-            if readout.fast:
-                return readout.logits(last, token_ids)
-            return last.index_select(-1, torch.as_tensor(token_ids, device=device)).float()
+            return readout.logits(last, token_ids)
         shared = len({id(e) for e in entries}) < len(entries)
         if shared and max(e.length for e in entries) > 0 and self._blocks_supported(handle):
             if handle.block_suffix is None:  # first use on this model: compare the two paths once
@@ -1637,10 +1671,7 @@ class CausalLMBackend(_HFBackend):
             self._text_stats["forwards"] += 1
         t_idx = torch.tensor(t_of, device=device)
         q_idx = torch.tensor(q_of, device=device)
-        if readout.fast:
-            return readout.logits(handle.base(**kwargs).last_hidden_state[t_idx, q_idx], token_ids)
-        logits = handle.model(**kwargs).logits[t_idx, q_idx]
-        return logits.index_select(-1, torch.as_tensor(token_ids, device=device)).float()
+        return readout.logits(readout.forward(handle, **kwargs)[t_idx, q_idx], token_ids)
 
     def _row_suffix_scores(self, handle, readout, entries, suffix, token_ids):
         """One row per pair: each pair gets its own copy of its text's cache."""
@@ -1667,10 +1698,7 @@ class CausalLMBackend(_HFBackend):
                                                            for i in range(stacked.shape[0]))
         with self._lock:
             self._text_stats["forwards"] += 1
-        if readout.fast:
-            return readout.logits(handle.base(**kwargs).last_hidden_state[:, -1], token_ids)
-        logits = handle.model(**kwargs).logits[:, -1]
-        return logits.index_select(-1, torch.as_tensor(token_ids, device=device)).float()
+        return readout.logits(readout.forward(handle, **kwargs)[:, -1], token_ids)
 
     def _head_ids(self, handle, heads):
         prefix = handle.special_prefix()
@@ -1829,11 +1857,7 @@ class CausalLMBackend(_HFBackend):
         rows = torch.arange(x.shape[0], device=handle.device)
         with self._lock:
             self._text_stats["forwards"] += 1
-        if readout.fast:
-            hidden = handle.base(inputs_embeds=x, use_cache=False).last_hidden_state[rows, last]
-            return readout.logits(hidden, token_ids)
-        logits = handle.model(inputs_embeds=x, use_cache=False).logits[rows, last]
-        return logits.index_select(-1, torch.as_tensor(token_ids, device=handle.device)).float()
+        return readout.logits(readout.forward(handle, inputs_embeds=x, use_cache=False)[rows, last], token_ids)
 
     # ==== differentiable scoring: the white-box path (skprompt.whitebox) ==========
     # Not part of the black-box protocol: only GradientPromptClassifier calls it.
@@ -1929,12 +1953,8 @@ class CausalLMBackend(_HFBackend):
                 at = torch.arange(len(batch), device=handle.device)
                 with self._lock:
                     self._text_stats["forwards"] += 1
-                if readout.fast:
-                    hidden = handle.base(inputs_embeds=x, use_cache=False).last_hidden_state[at, last]
-                    chunks.append(readout.logits(hidden, token_ids))
-                else:
-                    logits = handle.model(inputs_embeds=x, use_cache=False).logits[at, last]
-                    chunks.append(logits.index_select(-1, torch.as_tensor(token_ids, device=handle.device)).float())
+                chunks.append(readout.logits(readout.forward(handle, inputs_embeds=x, use_cache=False)[at, last],
+                                             token_ids))
                 keys.extend((int(j), p) for j, p in batch)
 
         row_of = {key: i for i, key in enumerate(keys)}
@@ -2068,11 +2088,11 @@ class MaskedLMBackend(_HFBackend):
         return ([first] if first is not None else []), ([last] if last is not None else [])
 
     @_with_threads
-    def _score(self, prompt_embeddings, texts, classes):
+    def _score(self, prompt_embeddings, texts, classes, top_k=0):
         token_ids = self._class_token_ids(classes)
         texts = self._fit_to_context(texts, prompt_embeddings.shape[1])
         handle = self._get_handle()
-        readout = handle.readout()
+        readout = _TopReadout(handle.readout(), top_k) if top_k else handle.readout()
         tok = handle.tokenizer
         first, last = self._specials(handle)
         n_prompts, n_tokens, dim = prompt_embeddings.shape
@@ -2094,7 +2114,7 @@ class MaskedLMBackend(_HFBackend):
                     f"{too_long.size} text(s) are too long for {self._model_name()!r}: e.g. text {too_long[0]} "
                     f"needs {lengths[too_long[0]]} positions (soft prompt included), the model has {usable}."
                 )
-        out = np.empty((n_prompts, len(texts), len(token_ids)), dtype=np.float32)
+        out = np.empty((n_prompts, len(texts), len(token_ids) + 2 * top_k), dtype=np.float32)
         order = np.argsort(lengths, kind="stable")
         with torch.inference_mode():
             prompts = self._prompt_tensor(prompt_embeddings, handle)
@@ -2121,12 +2141,8 @@ class MaskedLMBackend(_HFBackend):
                     attention[row, : lengths[j]] = 1
                 at = torch.as_tensor(mask_pos[[j for j, _ in batch]], device=handle.device)
                 rows = torch.arange(len(batch), device=handle.device)
-                if readout.fast:
-                    hidden = handle.base(inputs_embeds=x, attention_mask=attention).last_hidden_state[rows, at]
-                    scores = readout.logits(hidden, token_ids)
-                else:
-                    logits = handle.model(inputs_embeds=x, attention_mask=attention).logits[rows, at]
-                    scores = logits.index_select(-1, torch.as_tensor(token_ids, device=handle.device)).float()
+                scores = readout.logits(readout.forward(handle, inputs_embeds=x, attention_mask=attention)[rows, at],
+                                        token_ids)
                 out[[p for _, p in batch], [j for j, _ in batch]] = scores.cpu().numpy()
         return out
 
@@ -2207,12 +2223,8 @@ class MaskedLMBackend(_HFBackend):
             x = torch.stack(rows)
             at = torch.as_tensor(mask_pos[[j for j, _ in batch]], device=handle.device)
             idx = torch.arange(len(batch), device=handle.device)
-            if readout.fast:
-                hidden = handle.base(inputs_embeds=x, attention_mask=attention).last_hidden_state[idx, at]
-                chunks.append(readout.logits(hidden, token_ids))
-            else:
-                logits = handle.model(inputs_embeds=x, attention_mask=attention).logits[idx, at]
-                chunks.append(logits.index_select(-1, torch.as_tensor(token_ids, device=handle.device)).float())
+            chunks.append(readout.logits(readout.forward(handle, inputs_embeds=x, attention_mask=attention)[idx, at],
+                                         token_ids))
             keys.extend((int(j), p) for j, p in batch)
         row_of = {key: i for i, key in enumerate(keys)}
         index = torch.as_tensor([row_of[(j, p)] for p in range(n_prompts) for j in range(n_texts)],

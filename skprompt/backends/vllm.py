@@ -14,6 +14,7 @@ same model, prompts and texts the two give the same class log-probabilities
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import logging
@@ -463,11 +464,17 @@ class VLLMBackend(_TokenizedBackend):
         return pairs, [r for chunk_result in results for r in chunk_result]
 
     # ------------------------------------------------------------- scoring
-    def _score(self, prompt_embeddings, texts, classes):
+    @property
+    def max_top_k(self):
+        """The ``top_logprobs`` asked of the server with every answer (0 for a label-only backend)."""
+        return 0 if self.labels_only else self.top_logprobs
+
+    def _score(self, prompt_embeddings, texts, classes, top_k=0):
         if self.labels_only:
             return PromptBackend._score(self, None, None, None)
-        out = np.empty((prompt_embeddings.shape[0], len(texts), len(classes)), dtype=np.float64)
-        pairs, rows = self._run_pairs(prompt_embeddings, texts, classes, self._answer_scores)
+        out = np.empty((prompt_embeddings.shape[0], len(texts), len(classes) + 2 * top_k), dtype=np.float64)
+        answer = functools.partial(self._answer_scores, top_k=top_k)
+        pairs, rows = self._run_pairs(prompt_embeddings, texts, classes, answer)
         for (p, j), row in zip(pairs, rows):
             out[p, j] = row
         return out
@@ -481,14 +488,21 @@ class VLLMBackend(_TokenizedBackend):
             raise BackendError(f"{self.base_url} answered {len(choices)} choices for {len(embeds)} inputs.")
         return choices
 
-    def _answer_scores(self, tensors, token_ids, model):
+    def _answer_scores(self, tensors, token_ids, model, top_k=0):
         embeds = [_encode_embeds(t) for t in tensors]
         choices = self._completions(model, embeds, logprobs=max(self.top_logprobs, len(token_ids)),
                                     allowed_token_ids=list(token_ids), return_tokens_as_token_ids=True)
-        rows = []
+        rows, tops = [], []
         for choice in choices:
             top = _top_logprobs(choice)
             rows.append([top.get(t) for t in token_ids])
+            if top_k:  # the server's top log-probabilities (of the whole vocabulary, as it reports them)
+                listed = _top_logprobs(choice, sampled=False)
+                best = sorted(listed.items(), key=lambda item: -item[1])[:top_k]
+                if len(best) < top_k:
+                    raise BackendError(f"{self.base_url} returned {len(best)} top log-probabilities; "
+                                       f"top_k={top_k} were asked for.")
+                tops.append([v for _, v in best] + [float(t) for t, _ in best])
         # A label word outside the top-k log-probabilities: one more request
         # per such word, for all the inputs that miss it, allowing only that
         # word, whose (unrestricted) log-probability the server then reports.
@@ -499,6 +513,8 @@ class VLLMBackend(_TokenizedBackend):
                                          return_tokens_as_token_ids=True)
                 for i, choice in zip(missing, only):
                     rows[i][c] = _sampled_logprob(choice, token)
+        if top_k:
+            rows = [row + top for row, top in zip(rows, tops)]
         return [np.asarray(row, dtype=np.float64) for row in rows]
 
     def _predict_labels(self, prompt_embeddings, texts, classes):
@@ -561,8 +577,9 @@ def _server_message(response):
     return str(body)[:300]
 
 
-def _top_logprobs(choice):
-    """{token id: log-probability} of the first generated position."""
+def _top_logprobs(choice, sampled=True):
+    """{token id: log-probability} of the first generated position (with the
+    sampled token's unless ``sampled=False``)."""
     logprobs = choice.get("logprobs") or {}
     top = (logprobs.get("top_logprobs") or [None])[0] or {}
     out = {}
@@ -570,9 +587,9 @@ def _top_logprobs(choice):
         if token.startswith("token_id:"):
             out[int(token.split(":", 1)[1])] = float(value)
     tokens = logprobs.get("tokens") or []
-    sampled = (logprobs.get("token_logprobs") or [None])[0]
-    if tokens and sampled is not None and tokens[0].startswith("token_id:"):
-        out.setdefault(int(tokens[0].split(":", 1)[1]), float(sampled))
+    value_sampled = (logprobs.get("token_logprobs") or [None])[0]
+    if tokens and value_sampled is not None and tokens[0].startswith("token_id:") and sampled:
+        out.setdefault(int(tokens[0].split(":", 1)[1]), float(value_sampled))
     return out
 
 
