@@ -33,6 +33,7 @@ from .backends.base import PromptBackend
 from .backends.huggingface import CausalLMBackend, MaskedLMBackend
 from .inference.base import aggregate_outputs
 from .losses import HINGE_MARGIN, compute_loss
+from .projection import RandomProjection
 
 __all__ = ["GradientPromptClassifier", "GRADIENT_LOSSES"]
 
@@ -137,10 +138,22 @@ class GradientPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         is kept; with mini-batches the final prompt is kept. When a class has
         too few examples to split, selection falls back to training loss with
         a warning.
+    intrinsic_dim : int or None, default=None
+        A research tool, not a tuning method: tune ``z`` in R^d through the
+        black-box search's fixed random projection instead of the whole
+        prompt (the prompt is ``projection_(z)``; ``learning_rate`` is then
+        in units of ``z``, whose unit step moves the prompt by about the
+        embeddings' spread). With the same ``random_state``,
+        ``n_prompt_tokens`` and ``intrinsic_dim`` as a
+        :class:`~skprompt.BlackBoxPromptClassifier`, the projection, the
+        start (``z = 0``) and the validation split are that estimator's, so
+        the fit tells whether the searched subspace holds a better prompt
+        than the search found (docs/defaults.md). ``None``: the full prompt.
     random_state : int, RandomState instance or None, default=None
         Seeds the validation split, the noise of the initial prompt and the
         mini-batch order (numpy only: torch's global generator is never
-        used). The same value gives the same ``predict_proba`` (on CPU).
+        used), and with ``intrinsic_dim`` the projection. The same value
+        gives the same ``predict_proba`` (on CPU).
     verbose : int, default=0
         ``> 0`` shows a tqdm progress bar during ``fit`` and logs one line
         per step to the ``logging`` logger ``"skprompt"`` at level INFO (as
@@ -173,6 +186,11 @@ class GradientPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         final training pass when selecting by full-batch training loss.
     labels_only_ : bool
         ``False``: predictions are softmax probabilities of the class scores.
+    projection_ : RandomProjection or None
+        With ``intrinsic_dim``: the fixed map from ``z`` to the prompt.
+    z_ : ndarray of shape (intrinsic_dim,) or None
+        With ``intrinsic_dim``: the kept ``z`` (``prompt_embeddings_ =
+        projection_(z_)``).
 
     See Also
     --------
@@ -228,6 +246,7 @@ class GradientPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         batch_size=None,
         loss="ce",
         validation_fraction=0.25,
+        intrinsic_dim=None,
         random_state=None,
         verbose=0,
     ):
@@ -238,6 +257,7 @@ class GradientPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         self.batch_size = batch_size
         self.loss = loss
         self.validation_fraction = validation_fraction
+        self.intrinsic_dim = intrinsic_dim
         self.random_state = random_state
         self.verbose = verbose
 
@@ -260,6 +280,7 @@ class GradientPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
                     low_inclusive=False, allow_none=True)
         if self.validation_fraction is not None and self.validation_fraction >= 1:
             raise ValueError(f"validation_fraction must be < 1; got {self.validation_fraction!r}.")
+        check_param("intrinsic_dim", self.intrinsic_dim, "int", low=1, allow_none=True)
         check_param("verbose", self.verbose, "int", low=0)
 
     def _resolve_backend(self):
@@ -311,19 +332,30 @@ class GradientPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         y_idx = np.searchsorted(classes, y)
         n_tokens = self._prompt_length(backend)
         init = backend.initial_prompt(n_tokens)
-        if init is None:
+        projection = None
+        if self.intrinsic_dim is not None:  # drawn as BlackBoxPromptClassifier draws it, before the split
+            mean, std = backend.embedding_stats()
+            projection = RandomProjection(n_tokens, backend.embedding_dim, self.intrinsic_dim,
+                                          embedding_mean=mean if init is None else init, embedding_std=std,
+                                          random_state=rng)
+            init = np.zeros(self.intrinsic_dim, dtype=np.float32)  # z = 0: the black-box search's start
+        elif init is None:
             mean, std = backend.embedding_stats()
             noise = rng.standard_normal((n_tokens, backend.embedding_dim))
             init = np.asarray(mean)[None, :] + INIT_NOISE * float(std) * noise
-        init = np.asarray(init, dtype=np.float32).reshape(n_tokens, backend.embedding_dim)
+        if projection is None:
+            init = np.asarray(init, dtype=np.float32).reshape(n_tokens, backend.embedding_dim)
         splits = validation_split(texts, y_idx, self.validation_fraction, rng)
 
         with _FrozenModel(backend.model):
-            result = _Trainer(self, backend, list(classes), splits, rng).run(init)
+            result = _Trainer(self, backend, list(classes), splits, rng, projection).run(init)
 
         self.classes_ = classes
         self.backend_ = backend
-        self.prompt_embeddings_ = result["prompt"][None].astype(np.float32)
+        self.projection_ = projection
+        self.z_ = None if projection is None else result["prompt"].astype(np.float64)
+        self.prompt_embeddings_ = (result["prompt"][None].astype(np.float32) if projection is None
+                                   else projection(self.z_[None]))
         self.weights_ = np.ones(1)
         self.n_iter_ = result["n_iter"]
         self.history_ = np.asarray(result["history"], dtype=np.float64).reshape(-1, 1)
@@ -359,8 +391,12 @@ class GradientPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
 class _Trainer:
     """One ``fit``: Adam on the prompt, model selection, query accounting."""
 
-    def __init__(self, est, backend, classes, splits, rng):
+    def __init__(self, est, backend, classes, splits, rng, projection=None):
         self.est = est
+        self.projection = projection
+        if projection is not None:  # the prompt as a differentiable function of z
+            self.matrix = torch.as_tensor(projection.matrix, device=backend._get_handle().device)
+            self.offset = torch.as_tensor(projection.offset, device=backend._get_handle().device)
         self.backend = backend
         self.classes = classes
         self.splits = splits
@@ -369,6 +405,13 @@ class _Trainer:
         # Texts per forward (one prompt): the backend's micro-batch size.
         self.chunk = int(backend.batch_size)
         self.n_queries = 0
+
+    def _prompt(self, param):
+        """The soft prompt (n_prompt_tokens, D) of the parameter: itself, or ``projection(z)``."""
+        if self.projection is None:
+            return param
+        return (self.offset + self.matrix @ param).reshape(self.projection.n_prompt_tokens,
+                                                            self.projection.embedding_dim)
 
     def _chunks(self, idx):
         return [idx[i: i + self.chunk] for i in range(0, len(idx), self.chunk)]
@@ -379,7 +422,8 @@ class _Trainer:
         parts = []
         with torch.inference_mode():
             for chunk in self._chunks(np.arange(len(texts))):
-                lp = self.backend._log_proba_torch(prompt[None], [texts[i] for i in chunk], self.classes)
+                lp = self.backend._log_proba_torch(self._prompt(prompt)[None], [texts[i] for i in chunk],
+                                                   self.classes)
                 parts.append(lp[0].cpu().numpy())
         self.n_queries += len(texts)
         return float(compute_loss(self.est.loss, np.concatenate(parts)[None], y)[0])
@@ -420,7 +464,8 @@ class _Trainer:
                 optimizer.zero_grad(set_to_none=True)
                 total = 0.0
                 for chunk in self._chunks(idx):
-                    lp = backend._log_proba_torch(prompt[None], [train_texts[i] for i in chunk], self.classes)[0]
+                    lp = backend._log_proba_torch(self._prompt(prompt)[None], [train_texts[i] for i in chunk],
+                                                  self.classes)[0]
                     part = _torch_loss(est.loss, lp, y_all[torch.as_tensor(chunk, device=self.device)])
                     part = part * (len(chunk) / len(idx))
                     part.backward()

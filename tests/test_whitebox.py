@@ -267,6 +267,33 @@ def test_tail_layout_starts_from_the_template(tiny_llama_dir):
     np.testing.assert_allclose(clf.predict_proba(X_TASK), np.exp(zero_shot[0]), atol=1e-5)
 
 
+def test_restricted_white_box_searches_the_black_box_subspace(tiny_llama_dir, monkeypatch):
+    """intrinsic_dim: the same projection, start and validation split as the
+    black-box estimator with the same random_state; every prompt it tries
+    lies in that subspace, and gradient steps in z lower the training loss."""
+    backend = causal(tiny_llama_dir, "tail")
+    params = dict(n_prompt_tokens=2, intrinsic_dim=8, random_state=3)
+    black = BlackBoxPromptClassifier(backend, method="bbt", max_iter=1, popsize=4, calibration=None,
+                                     **params).fit(X_TASK, Y_TASK)
+    spy = Spy(backend, monkeypatch)
+    white = GradientPromptClassifier(backend, learning_rate=0.5, max_iter=10, **params).fit(X_TASK, Y_TASK)
+    np.testing.assert_array_equal(white.projection_.matrix, black.projection_.matrix)
+    np.testing.assert_array_equal(white.projection_.offset, black.projection_.offset)
+    # the start is z = 0, the untuned template; the validation texts are the black box's
+    np.testing.assert_allclose(spy.calls[0]["prompt"][0], black.projection_(np.zeros((1, 8)))[0], atol=1e-6)
+    val_texts = spy.calls[0]["texts"]
+    assert len(val_texts) == 4 and not spy.calls[0]["grad"]
+    basis = black.projection_.matrix.astype(np.float64)
+    for call in spy.calls:  # every prompt is offset + A z for some z
+        flat = call["prompt"][0].reshape(-1).astype(np.float64) - black.projection_.offset
+        z = np.linalg.lstsq(basis, flat, rcond=None)[0]
+        np.testing.assert_allclose(basis @ z, flat, atol=1e-4)
+    np.testing.assert_array_equal(white.prompt_embeddings_, white.projection_(white.z_[None]))
+    assert white.history_[:, 0].min() < 0.8 * white.history_[0, 0]
+    full = GradientPromptClassifier(backend, n_prompt_tokens=2, max_iter=1, random_state=3).fit(X_TASK, Y_TASK)
+    assert full.projection_ is None and full.z_ is None
+
+
 def test_multiclass_and_other_losses(tiny_llama_dir):
     backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, cache_size=0)  # labels as words
     X = X_TASK + ["It was fine.", "Not bad.", "Quite fun.", "It was good."]
@@ -333,6 +360,7 @@ def test_refuses_function_and_label_only_backends_before_any_call(tiny_llama_dir
 @pytest.mark.parametrize("param, value", [
     ("n_prompt_tokens", 0), ("learning_rate", 0.0), ("learning_rate", float("nan")), ("max_iter", 0),
     ("batch_size", 0), ("loss", "zero_one"), ("validation_fraction", 1.0), ("verbose", -1),
+    ("intrinsic_dim", 0),
 ])
 def test_bad_parameters_are_refused_before_any_call(tiny_llama_dir, param, value):
     backend = causal(tiny_llama_dir)
