@@ -1,0 +1,146 @@
+"""Where does black-box search lose to the white box? (issue #20, item 2)
+
+One table on a task (BBC News by default), several seeds, the standard
+split (16 + 16 texts per class to fit, 300 test texts): the untuned template
+with the default read-out, the white box on the full prompt, the white box
+restricted to the black-box search space (gradient through the same random
+projection from the same start: ``GradientPromptClassifier(intrinsic_dim=)``),
+and CMA-ES (``bbt``) at 1x / 3x / 10x its default iterations, with
+``intrinsic_dim`` 200 / 500 and ``sigma0`` 0.3. Each row reports accuracy and
+log loss on the texts the search trained on, its validation texts and the
+test texts, so that under-optimisation (train loss stays high) and
+over-fitting (train falls, validation and test do not) can be told apart.
+
+Resumable: every (row, seed) is one JSON file in ``--out``; a finished one
+is skipped (finished rows are kept in docs/results/search_gap/: copy them
+into ``--out`` to go on). Run from a checkout::
+
+    OMP_NUM_THREADS=1 python benchmarks/search_gap.py --seeds 0 1 2 --out search_gap/
+
+Hours per seed on one CPU core (the 10x row alone is about ten default
+fits). ``--rows`` picks rows by name; ``--table`` prints the table of what
+is there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import time
+
+import numpy as np
+
+from skprompt import BlackBoxPromptClassifier, classifier, whitebox
+from skprompt._estimator import validation_split
+from skprompt.datasets import few_shot_split, load_task
+from skprompt.evaluation import prediction_metrics
+from skprompt.models import default_backend
+from skprompt.whitebox import GradientPromptClassifier
+
+#: name -> (estimator, parameters); the black-box rows start from the defaults.
+ROWS = {
+    "zero-shot": ("black", {"method": "zero-shot"}),
+    "white box": ("white", {}),
+    "white box, d=50": ("white", {"intrinsic_dim": 50, "learning_rate": 0.05}),
+    "bbt 1x": ("black", {"method": "bbt"}),
+    "bbt 3x": ("black", {"method": "bbt", "max_iter": 45}),
+    "bbt 10x": ("black", {"method": "bbt", "max_iter": 150}),
+    "bbt d=200": ("black", {"method": "bbt", "intrinsic_dim": 200}),
+    "bbt d=500": ("black", {"method": "bbt", "intrinsic_dim": 500}),
+    "bbt sigma0=0.3": ("black", {"method": "bbt", "sigma0": 0.3}),
+}
+
+
+class _RecordSplit:
+    """Records the (train, validation) split an estimator's ``fit`` makes."""
+
+    def __enter__(self):
+        self.split, self._saved = None, (classifier.validation_split, whitebox.validation_split)
+
+        def record(*args, **kwargs):
+            self.split = validation_split(*args, **kwargs)
+            return self.split
+
+        classifier.validation_split = whitebox.validation_split = record
+        return self
+
+    def __exit__(self, *exc):
+        classifier.validation_split, whitebox.validation_split = self._saved
+
+
+def run_one(task, name, seed, model, n_test):
+    kind, params = ROWS[name]
+    split = few_shot_split(task.texts, task.target, n_per_class=16, n_val_per_class=16, n_test=n_test,
+                           random_state=seed)
+    X = list(split.X_train) + list(split.X_val)
+    y = np.concatenate([split.y_train, split.y_val])
+    backend = default_backend(template=task.template, verbalizer=task.verbalizer, model=model)
+    if kind == "black":
+        clf = BlackBoxPromptClassifier(backend, random_state=seed, **params)
+    else:
+        clf = GradientPromptClassifier(backend, random_state=seed, **params)
+    start = time.perf_counter()
+    with _RecordSplit() as record:
+        clf.fit(X, y)
+    seconds = time.perf_counter() - start
+    parts = {"test": (list(split.X_test), split.y_test)}
+    for part, (texts, idx) in (record.split or {}).items():
+        parts[part] = (texts, clf.classes_[idx])
+    if record.split is None:  # zero-shot: its read-out learnt from every fit text
+        parts["train"] = (X, y)
+    row = {"row": name, "seed": seed, "model": model, "task": task.name, "params": params, "seconds": seconds,
+           "n_queries": int(getattr(clf, "n_queries_", 0)), "calibration": getattr(clf, "calibration_", None)}
+    for part, (texts, labels) in parts.items():
+        metrics = prediction_metrics(labels, clf.predict_proba(texts), clf.classes_)
+        for key in ("accuracy", "log_loss", "ece"):
+            row[f"{part}_{key}"] = float(metrics[key])
+    return row
+
+
+def table(out):
+    rows = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(out, "*.json")))]
+    cols = [f"{p}_{m}" for p in ("train", "val", "test") for m in ("accuracy", "log_loss")]
+    lines = ["| row | seeds | " + " | ".join(cols) + " | test ECE | queries |", "|---" * (len(cols) + 4) + "|"]
+    for name in ROWS:
+        sel = [r for r in rows if r["row"] == name]
+        if not sel:
+            continue
+        cell = lambda k: (f"{np.mean([r[k] for r in sel]):.3f}" if all(k in r for r in sel) else "")  # noqa: E731
+        lines.append(f"| {name} | {','.join(str(r['seed']) for r in sel)} | "
+                     + " | ".join(cell(c) for c in cols)
+                     + f" | {cell('test_ece')} | {np.mean([r['n_queries'] for r in sel]):.0f} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="bbc_news")
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--n-test", type=int, default=300)
+    parser.add_argument("--out", required=True, help="folder of per-(row, seed) JSON files (resumable)")
+    parser.add_argument("--table", action="store_true", help="only print the table of what is in --out")
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    if not args.table:
+        task = load_task(args.task)
+        for seed in args.seeds:
+            for name in args.rows:
+                path = os.path.join(args.out, f"{args.model}__{name.replace(' ', '_').replace(',', '')}__{seed}.json")
+                if os.path.exists(path):
+                    continue
+                row = run_one(task, name, seed, args.model, args.n_test)
+                with open(path + ".tmp", "w") as fh:
+                    json.dump(row, fh, indent=1)
+                os.replace(path + ".tmp", path)  # a killed run leaves no half-written row
+                print(f"{name} seed {seed}: train {row.get('train_accuracy', float('nan')):.3f} "
+                      f"val {row.get('val_accuracy', float('nan')):.3f} test {row['test_accuracy']:.3f} "
+                      f"(log loss {row['test_log_loss']:.3f}, {row['seconds']:.0f} s)", flush=True)
+    print(table(args.out))
+
+
+if __name__ == "__main__":
+    main()
