@@ -56,9 +56,9 @@ class PromptProblem:
     n_jobs : int or None
         Concurrent backend requests (for remote or function backends).
     progress : tqdm-like or None
-    calibration : {None, "auto", "bias", "affine", "linear"}
+    calibration : {None, "auto", "bias", "affine", "linear", "topk"}
         Read-out fitted per candidate on its training scores (score problems
-        only). ``"auto"``: the family is chosen by
+        only: the estimator resolves it, ``BlackBoxPromptClassifier._resolve_calibration``). ``"auto"``: the family is chosen by
         :func:`~skprompt.readout.choose_readout` on the first candidates'
         training scores (the CMA-ES start, VI's first generation, the
         zero-shot texts), before any read-out is fitted, and kept for the fit;
@@ -92,8 +92,6 @@ class PromptProblem:
         self.calibration_l2 = calibration_l2
         self.calibration_report = None
         self.top_k = top_k
-        if calibration is not None and labels_only:
-            raise ValueError("calibration needs class scores; this problem has labels only.")
         self.queries = 0
         self.requests = 0
         self.reserved = 0

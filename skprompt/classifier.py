@@ -24,10 +24,8 @@ from ._estimator import ProbaMethodsMixin, streaming, validation_split
 from ._validation import check_labels, check_param, check_texts
 from .backends.base import PromptBackend
 from .exceptions import BudgetWarning, CostWarning
-from .inference.abc_smc import ABCSMCLearner
-from .inference.base import BudgetExhausted, aggregate_outputs, select_without
-from .inference.cmaes import CMAEnsembleLearner
-from .inference.vi import VariationalLearner
+from .inference import (ABCSMCLearner, BudgetExhausted, CMAEnsembleLearner, SNPELearner, VariationalLearner,
+                        aggregate_outputs, select_without)
 from .losses import LOSSES, SCORE_LOSSES
 from .projection import RandomProjection
 from .readout import AUTO_CALIBRATIONS, CALIBRATIONS, DEFAULT_TOP_K, apply_readout
@@ -481,8 +479,6 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         if self.method == "abc-smc":
             return ABCSMCLearner.from_params(self.n_prompts, self._method_params())
         if self.method == "snpe":
-            from .inference.snpe import SNPELearner
-
             return SNPELearner.from_params(self.n_prompts, self._method_params())
         params = self._method_params()
         n_members = self.n_prompts if self.method == "ensemble" else 1

@@ -713,9 +713,11 @@ class SNPELearner(Learner):
         with torch.random.fork_rng(devices=[]):  # a diagnostic: leave the run's draws as they were
             return float(inside(prior.sample((_OVERLAP_DRAWS,))).float().mean())
 
-    def _truncated_proposal(self, prior, posterior, inside, n, torch):
+    def _truncated_proposal(self, prior_draws, posterior_draws, inside, n, concat):
         """``n`` prior draws inside ``inside``, the posterior's high-density
-        region from :meth:`_region` (TSNPE).
+        region from :meth:`_region` (TSNPE). ``prior_draws(m)`` and
+        ``posterior_draws(m)`` give ``m`` draws (torch or numpy), ``concat``
+        joins a list of them (``torch.cat`` or ``np.vstack``).
 
         Returns the draws, the acceptance rate and how many came from the
         posterior because the bounded rejection fell short.
@@ -723,13 +725,13 @@ class SNPELearner(Learner):
         kept, n_kept, drawn = [], 0, 0
         while n_kept < n and drawn < self.max_proposal_draws:
             m = min(_PROPOSAL_BATCH, self.max_proposal_draws - drawn)
-            cand = prior.sample((m,))
+            cand = prior_draws(m)
             cand = cand[inside(cand)]
             kept.append(cand)
             n_kept += len(cand)
             drawn += m
         rate = n_kept / drawn
-        theta = torch.cat(kept)[:n]
+        theta = concat(kept)[:n]
         short = n - len(theta)
         if short > 0:
             # A region with almost no prior mass: rejection from the prior is
@@ -737,13 +739,13 @@ class SNPELearner(Learner):
             # (it holds 1 - truncation_quantile of the posterior's mass).
             extra, n_extra = [], 0
             for _ in range(100):
-                cand = posterior.sample((2 * short,), show_progress_bars=False)
+                cand = posterior_draws(2 * short)
                 cand = cand[inside(cand)]
                 extra.append(cand)
                 n_extra += len(cand)
                 if n_extra >= short:
                     break
-            theta = torch.cat([theta] + extra)[:n]
+            theta = concat([theta] + extra)[:n]
         return theta, rate, max(short, 0)
 
     def _keep_round(self, problem, r, samples, n_sim, best_so_far, use_val, info, kept, kept_key, validated):
@@ -815,10 +817,9 @@ class SNPELearner(Learner):
             if loglik is None:
                 theta = prior_draws(n_sim)
             elif self.sequential == "truncated":
-                theta, rate, fallback = self._truncated_proposal_np(
-                    lambda n: prior_draws(n), lambda n: _slice_sample(loglik, prior_draws(n), prior_sd,
-                                                                     _SLICE_STEPS, rng),
-                    inside, n_sim)
+                theta, rate, fallback = self._truncated_proposal(
+                    prior_draws, lambda n: _slice_sample(loglik, prior_draws(n), prior_sd, _SLICE_STEPS, rng),
+                    inside, n_sim, np.vstack)
             else:  # "apt": the posterior itself; the factors are conditional on θ, no correction
                 theta = _slice_sample(loglik, prior_draws(n_sim), prior_sd, _SLICE_STEPS, rng)
             try:
@@ -859,31 +860,6 @@ class SNPELearner(Learner):
             if exhausted:
                 break
         return self._result(kept, info, history, exhausted, prior_draws, validated)
-
-    def _truncated_proposal_np(self, prior_draws, posterior_draws, inside, n):
-        """:meth:`_truncated_proposal` on numpy draws (``inference="factorised"``)."""
-        kept, n_kept, drawn = [], 0, 0
-        while n_kept < n and drawn < self.max_proposal_draws:
-            m = min(_PROPOSAL_BATCH, self.max_proposal_draws - drawn)
-            cand = prior_draws(m)
-            cand = cand[inside(cand)]
-            kept.append(cand)
-            n_kept += len(cand)
-            drawn += m
-        rate = n_kept / drawn
-        theta = np.vstack(kept)[:n]
-        short = n - len(theta)
-        if short > 0:  # as in _truncated_proposal: the rest from the posterior within the region
-            extra, n_extra = [], 0
-            for _ in range(100):
-                cand = posterior_draws(2 * short)
-                cand = cand[inside(cand)]
-                extra.append(cand)
-                n_extra += len(cand)
-                if n_extra >= short:
-                    break
-            theta = np.vstack([theta] + extra)[:n]
-        return theta, rate, max(short, 0)
 
     def _fit(self, problem, torch, NPE, posterior_nn):
         dim = int(problem.dim)
@@ -938,7 +914,9 @@ class SNPELearner(Learner):
                 if posterior is None:
                     theta = prior.sample((n_sim,))
                 elif self.sequential == "truncated":
-                    theta, rate, fallback = self._truncated_proposal(prior, posterior, region, n_sim, torch)
+                    theta, rate, fallback = self._truncated_proposal(
+                        lambda m: prior.sample((m,)), lambda m: posterior.sample((m,), show_progress_bars=False),
+                        region, n_sim, torch.cat)
                 else:
                     theta = posterior.sample((n_sim,), show_progress_bars=False)
             try:
