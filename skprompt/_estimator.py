@@ -1,8 +1,7 @@
-"""What both estimators (black-box and white-box) derive from ``predict_proba``.
-
-A mixin rather than a base estimator: each estimator keeps its own
-``__init__``, ``fit`` and ``predict_proba``; this adds the methods every
-sklearn classifier with probabilities has, written once.
+"""What both estimators (black-box and white-box) share: the methods derived
+from ``predict_proba``, the start of ``fit``, the tags, the prompt length and
+the validation split. Each estimator keeps its own ``__init__``, ``fit`` and
+``predict_proba``.
 """
 
 from __future__ import annotations
@@ -11,10 +10,13 @@ import contextlib
 import warnings
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import train_test_split
 from sklearn.utils.validation import check_is_fitted
 
-__all__ = ["ProbaMethodsMixin", "validation_split", "streaming"]
+from ._validation import check_labels, check_texts
+
+__all__ = ["ProbaMethodsMixin", "PromptEstimator", "validation_split", "streaming"]
 
 
 def streaming(backend):
@@ -89,3 +91,39 @@ class ProbaMethodsMixin:
         """Most probable class of each text: ``classes_[argmax(predict_proba)]``."""
         check_is_fitted(self, self._fitted_attribute)
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+
+class PromptEstimator(ProbaMethodsMixin, ClassifierMixin, BaseEstimator):
+    """Base of the estimators that tune a soft prompt (private).
+
+    Subclasses define ``_validate_params`` and ``_resolve_backend``.
+    """
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.string = True
+        tags.non_deterministic = False
+        return tags
+
+    def _start_fit(self, X, y):
+        """Check the parameters and the data, then resolve the backend (no model call).
+
+        Returns
+        -------
+        texts : list of str
+        y : ndarray
+        classes : ndarray
+            The sorted class labels.
+        backend : PromptBackend
+        """
+        self._validate_params()
+        texts = check_texts(X)
+        y, classes = check_labels(y, len(texts))
+        return texts, y, classes, self._resolve_backend()
+
+    def _prompt_length(self, backend):
+        """``n_prompt_tokens``, else the backend's suggestion, else 5."""
+        if self.n_prompt_tokens is not None:
+            return int(self.n_prompt_tokens)
+        return int(backend.default_prompt_length or 5)

@@ -12,16 +12,16 @@ from __future__ import annotations
 import inspect
 import logging
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from ._problem import PromptProblem
-from ._estimator import ProbaMethodsMixin, streaming, validation_split
-from ._validation import check_labels, check_param, check_texts
+from ._estimator import PromptEstimator, streaming, validation_split
+from ._validation import check_param, check_texts
 from .backends.base import PromptBackend
 from .exceptions import BudgetWarning, CostWarning
 from .inference import (ABCSMCLearner, BudgetExhausted, CMAEnsembleLearner, SNPELearner, VariationalLearner,
@@ -60,7 +60,7 @@ VOTE_SMOOTHINGS = ("calibrated", "error")
 CMA_PARAMS = ("bootstrap",)
 
 
-class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator):
+class BlackBoxPromptClassifier(PromptEstimator):
     """Soft-prompt tuning of a black-box language model, as a classifier.
 
     The model is only queried: for candidate soft prompts (continuous vectors
@@ -368,13 +368,6 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         self.verbose = verbose
 
     # ---------------------------------------------------------------- sklearn
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.input_tags.string = True
-        tags.non_deterministic = False
-        return tags
-
     # -------------------------------------------------------------- checking
     def _validate_params(self):
         check_param("method", self.method, None, options=METHODS)
@@ -485,11 +478,6 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         return CMAEnsembleLearner(n_members, self.popsize, self.max_iter, self.sigma0,
                                   bootstrap=bool(params.get("bootstrap", False)))
 
-    def _prompt_length(self, backend):
-        if self.n_prompt_tokens is not None:
-            return int(self.n_prompt_tokens)
-        return int(backend.default_prompt_length or 5)
-
     def _expected_queries(self, learner, problem):
         """Queries an unbudgeted fit makes at most (None where it depends on
         the run, as abc-smc's rounds do)."""
@@ -525,10 +513,28 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         -------
         self : BlackBoxPromptClassifier
         """
-        self._validate_params()
-        texts = check_texts(X)
-        y, classes = check_labels(y, len(texts))
-        backend = self._resolve_backend()
+        texts, y, classes, backend = self._start_fit(X, y)
+        plan = self._plan(backend, len(texts))
+        backend.check_classes(list(classes))
+        rng = check_random_state(self.random_state)
+        projection = self._projection(backend, plan, rng)
+        if plan.zero_shot:  # nothing is selected: a read-out learns from every text
+            splits = {"train": (texts, np.searchsorted(classes, y))}
+        else:
+            splits = validation_split(texts, np.searchsorted(classes, y), self.validation_fraction, rng)
+        problem = PromptProblem(backend, projection, classes, splits, plan.loss, plan.labels_only,
+                                budget=self.budget, n_jobs=self.n_jobs, calibration=plan.calibration,
+                                top_k=self._top_k(plan.calibration, backend))
+        run = self._search(problem, plan, rng, len(texts))
+        readout = self._fit_readouts(problem, plan, run)
+        votes = self._fit_vote_readout(problem, plan, run)
+        self._warn_on_budget(problem, run, votes)
+        self._store(classes, backend, projection, problem, plan, run, readout, votes)
+        return self
+
+    def _plan(self, backend, n_texts):
+        """What the fit will do, with every error raised before any query:
+        ``labels_only``, ``loss``, ``zero_shot``, ``calibration``, ``learner``."""
         if backend.labels_only and self.method in SCORE_METHODS:
             raise ValueError(
                 f"method={self.method!r} needs class scores, but {backend!r} is label-only; use "
@@ -539,23 +545,24 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
                 f"loss={self.loss!r} needs class scores, but {backend!r} is label-only; use loss='zero_one'."
             )
         labels_only = bool(backend.labels_only) or self.method in LABEL_METHODS
-        loss = "zero_one" if self.method in LABEL_METHODS else self.loss
         zero_shot = self.method == "zero-shot"
         calibration = self._resolve_calibration(labels_only, backend)
         if zero_shot:
             self._method_params()  # validated before any query, as _make_learner does for the others
         learner = None if zero_shot else self._make_learner()
-        if zero_shot and calibration is not None and self.budget is not None and self.budget < len(texts):
+        if zero_shot and calibration is not None and self.budget is not None and self.budget < n_texts:
             raise ValueError(
-                f"budget={self.budget} is below the {len(texts)} queries the zero-shot read-out needs "
+                f"budget={self.budget} is below the {n_texts} queries the zero-shot read-out needs "
                 f"(calibration={calibration!r} scores every fit text once); raise budget or set calibration=None."
             )
-        backend.check_classes(list(classes))
+        return SimpleNamespace(labels_only=labels_only, loss="zero_one" if self.method in LABEL_METHODS else self.loss,
+                               zero_shot=zero_shot, calibration=calibration, learner=learner)
 
-        rng = check_random_state(self.random_state)
-        y_idx = np.searchsorted(classes, y)
-        n_tokens = 0 if zero_shot else self._prompt_length(backend)
-        dim = 0 if zero_shot else self.intrinsic_dim
+    def _projection(self, backend, plan, rng):
+        """The map from the searched z to the soft prompt, centred on the backend's
+        initial prompt (the template's tail) or its mean embedding."""
+        n_tokens = 0 if plan.zero_shot else self._prompt_length(backend)
+        dim = 0 if plan.zero_shot else self.intrinsic_dim
         if dim > n_tokens * backend.embedding_dim:
             # a warning, not an error: the search still works, but spends
             # its steps on directions the projection folds onto the others
@@ -563,118 +570,121 @@ class BlackBoxPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
                 f"intrinsic_dim={dim} exceeds the {n_tokens * backend.embedding_dim} values of the soft prompt "
                 f"({n_tokens} tokens x {backend.embedding_dim}): {dim - n_tokens * backend.embedding_dim} of "
                 "the searched directions are redundant and slow the search down; lower intrinsic_dim or raise "
-                "n_prompt_tokens.", UserWarning, stacklevel=2)
+                "n_prompt_tokens.", UserWarning, stacklevel=3)
         mean, std = backend.embedding_stats()
         init = backend.initial_prompt(n_tokens) if n_tokens else None
-        projection = RandomProjection(n_tokens, backend.embedding_dim, dim,
-                                      embedding_mean=mean if init is None else init,
-                                      embedding_std=std, random_state=rng)
-        if zero_shot:  # nothing is selected: a read-out learns from every text
-            splits = {"train": (texts, y_idx)}
-        else:
-            splits = validation_split(texts, y_idx, self.validation_fraction, rng)
+        return RandomProjection(n_tokens, backend.embedding_dim, dim, embedding_mean=mean if init is None else init,
+                                embedding_std=std, random_state=rng)
 
-        problem = PromptProblem(backend, projection, classes, splits, loss, labels_only,
-                                budget=self.budget, n_jobs=self.n_jobs, calibration=calibration,
-                                top_k=self._top_k(calibration, backend))
-        selection = None
-        if zero_shot:
-            samples, weights = np.zeros((1, 0)), np.ones(1)
-            history, n_iter, exhausted = np.empty((0, 1)), 0, False
-            fit_info = {}
-        else:
-            needed = learner.minimum_budget(problem)
-            if self.budget is not None and self.budget < needed:
-                raise ValueError(
-                    f"budget={self.budget} is below the {needed} queries one iteration of "
-                    f"method={self.method!r} needs on {len(texts)} texts; raise budget, or lower "
-                    "popsize / n_prompts (or the method_params that set the cost of one iteration, "
-                    "e.g. n_particles for abc-smc)."
-                )
-            steps = self._n_steps(learner, self.max_iter)
-            expected = self._expected_queries(learner, problem)
-            if self.budget is None and expected is not None and expected > ABSURD_QUERIES:
-                warnings.warn(
-                    f"method={self.method!r} will make about {expected:,} queries with these settings "
-                    f"({len(texts)} texts; see popsize, max_iter, n_prompts and method_params), which takes "
-                    "hours on a local model; pass budget= to cap it.", CostWarning, stacklevel=2)
-            # VI's kept prompts are fresh draws from q: their read-outs need their training
-            # scores, reserved so that a spent budget cannot leave them without one.
-            if calibration is not None and self.method == "vi":
-                problem.reserved = self.n_prompts * problem.n_texts("train")
-            if self.verbose:
-                problem.logger, problem.log_name, problem.log_total = _LOGGER, f"method={self.method!r}", steps
-                _LOGGER.info("method=%r: fitting on %d training texts, %s, budget %s", self.method,
-                             problem.n_texts("train"), f"{steps} steps" if steps else "steps unbounded",
-                             self.budget)
-            with tqdm(total=steps, desc=f"skprompt {self.method}", disable=not self.verbose,
-                      leave=False) as bar:
-                problem.progress = bar
-                result = learner.fit(problem, rng)
-                problem.progress = None
-            problem.logger = None
-            if self.verbose:
-                _LOGGER.info("method=%r: done after %d steps and %d queries%s", self.method, result.n_iter,
-                             problem.queries, " (budget exhausted)" if result.budget_exhausted else "")
-            problem.reserved = 0
-            samples, weights, history = result.samples, result.weights, result.history
-            n_iter, exhausted = result.n_iter, result.budget_exhausted
-            selection = result.selection
-            fit_info = dict(result.info)
-            for category, message in result.warnings:
-                warnings.warn(message, category, stacklevel=2)
-        offsets = scales = token_maps = None
-        if calibration is not None:
-            offsets, scales, token_maps = problem.readouts(samples)
-            calibration = problem.calibration
-            if problem.calibration_report is not None:
-                fit_info["calibration"] = problem.calibration_report
-        error_rates = vote_readout = None
-        fallback = False
-        if labels_only and self.vote_smoothing in VOTE_SMOOTHINGS:
-            error_rates, vote_readout = self._fit_votes(problem, samples, weights, selection)
-            fallback = error_rates is None
-            if fallback and not problem.has_split("val"):
-                warnings.warn(
-                    f"vote_smoothing={self.vote_smoothing!r} learns from validation texts, and this fit "
-                    "has none (validation_fraction=None, or too few texts per class); votes are smoothed by "
-                    "a pseudo-count of 1 instead.",
-                    UserWarning,
-                    stacklevel=2,
-                )
-            exhausted = exhausted or (fallback and problem.has_split("val"))
-        n_queries = problem.queries
-        if exhausted:
+    def _search(self, problem, plan, rng, n_texts):
+        """Run the learner on the problem (nothing for zero-shot): the kept samples,
+        their weights, the history, the learner's selection record and diagnostics."""
+        if plan.zero_shot:
+            return SimpleNamespace(samples=np.zeros((1, 0)), weights=np.ones(1), history=np.empty((0, 1)),
+                                   n_iter=0, exhausted=False, selection=None, info={})
+        learner = plan.learner
+        needed = learner.minimum_budget(problem)
+        if self.budget is not None and self.budget < needed:
+            raise ValueError(
+                f"budget={self.budget} is below the {needed} queries one iteration of "
+                f"method={self.method!r} needs on {n_texts} texts; raise budget, or lower "
+                "popsize / n_prompts (or the method_params that set the cost of one iteration, "
+                "e.g. n_particles for abc-smc)."
+            )
+        steps = self._n_steps(learner, self.max_iter)
+        expected = self._expected_queries(learner, problem)
+        if self.budget is None and expected is not None and expected > ABSURD_QUERIES:
             warnings.warn(
-                f"budget={self.budget} reached after {n_iter} iteration(s) and {n_queries} queries; "
+                f"method={self.method!r} will make about {expected:,} queries with these settings "
+                f"({n_texts} texts; see popsize, max_iter, n_prompts and method_params), which takes "
+                "hours on a local model; pass budget= to cap it.", CostWarning, stacklevel=3)
+        # VI's kept prompts are fresh draws from q: their read-outs need their training
+        # scores, reserved so that a spent budget cannot leave them without one.
+        if plan.calibration is not None and self.method == "vi":
+            problem.reserved = self.n_prompts * problem.n_texts("train")
+        if self.verbose:
+            problem.logger, problem.log_name, problem.log_total = _LOGGER, f"method={self.method!r}", steps
+            _LOGGER.info("method=%r: fitting on %d training texts, %s, budget %s", self.method,
+                         problem.n_texts("train"), f"{steps} steps" if steps else "steps unbounded",
+                         self.budget)
+        with tqdm(total=steps, desc=f"skprompt {self.method}", disable=not self.verbose, leave=False) as bar:
+            problem.progress = bar
+            result = learner.fit(problem, rng)
+            problem.progress = None
+        problem.logger = None
+        if self.verbose:
+            _LOGGER.info("method=%r: done after %d steps and %d queries%s", self.method, result.n_iter,
+                         problem.queries, " (budget exhausted)" if result.budget_exhausted else "")
+        problem.reserved = 0
+        for category, message in result.warnings:
+            warnings.warn(message, category, stacklevel=3)
+        return SimpleNamespace(samples=result.samples, weights=result.weights, history=result.history,
+                               n_iter=result.n_iter, exhausted=result.budget_exhausted, selection=result.selection,
+                               info=dict(result.info))
+
+    def _fit_readouts(self, problem, plan, run):
+        """The kept samples' read-outs (``None`` without ``calibration``) and the
+        family in use; ``"auto"``'s report goes into the fit's diagnostics."""
+        if plan.calibration is None:
+            return SimpleNamespace(offsets=None, scales=None, token_maps=None, calibration=None)
+        offsets, scales, token_maps = problem.readouts(run.samples)
+        if problem.calibration_report is not None:
+            run.info["calibration"] = problem.calibration_report
+        return SimpleNamespace(offsets=offsets, scales=scales, token_maps=token_maps,
+                               calibration=problem.calibration)
+
+    def _fit_vote_readout(self, problem, plan, run):
+        """Label-only fits: the error channel and the vote read-out (None where not
+        used), and whether votes fall back to a pseudo-count of 1."""
+        votes = SimpleNamespace(error_rates=None, readout=None, fallback=False)
+        if not (plan.labels_only and self.vote_smoothing in VOTE_SMOOTHINGS):
+            return votes
+        votes.error_rates, votes.readout = self._fit_votes(problem, run.samples, run.weights, run.selection)
+        votes.fallback = votes.error_rates is None
+        if votes.fallback and not problem.has_split("val"):
+            warnings.warn(
+                f"vote_smoothing={self.vote_smoothing!r} learns from validation texts, and this fit "
+                "has none (validation_fraction=None, or too few texts per class); votes are smoothed by "
+                "a pseudo-count of 1 instead.",
+                UserWarning,
+                stacklevel=3,
+            )
+        run.exhausted = run.exhausted or (votes.fallback and problem.has_split("val"))
+        return votes
+
+    def _warn_on_budget(self, problem, run, votes):
+        if run.exhausted:
+            warnings.warn(
+                f"budget={self.budget} reached after {run.n_iter} iteration(s) and {problem.queries} queries; "
                 "keeping the best prompts found so far"
-                + (" (votes smoothed by a pseudo-count of 1)." if fallback else "."),
+                + (" (votes smoothed by a pseudo-count of 1)." if votes.fallback else "."),
                 BudgetWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
 
+    def _store(self, classes, backend, projection, problem, plan, run, readout, votes):
+        """Set the fitted attributes."""
         self.classes_ = classes
         self.backend_ = backend
         self.projection_ = projection
-        self.samples_ = np.asarray(samples, dtype=np.float64)
-        self.weights_ = np.asarray(weights, dtype=np.float64)
+        self.samples_ = np.asarray(run.samples, dtype=np.float64)
+        self.weights_ = np.asarray(run.weights, dtype=np.float64)
         self.prompt_embeddings_ = projection(self.samples_)
-        self.n_queries_ = int(n_queries)
-        self.n_iter_ = int(n_iter)
-        self.history_ = history
-        self.fit_info_ = fit_info
-        self.budget_exhausted_ = bool(exhausted)
-        self.labels_only_ = labels_only
-        self.vote_error_rates_ = error_rates
-        self.vote_smoothing_ = None if not labels_only else (1.0 if fallback else self.vote_smoothing)
-        self.vote_offsets_ = None if vote_readout is None else vote_readout.offsets
-        self.vote_scale_ = None if vote_readout is None else vote_readout.scale
-        self.calibration_ = calibration
-        self.offsets_ = offsets
-        self.scales_ = scales
-        self.token_maps_ = token_maps
-        self.top_k_ = problem.top_k if token_maps is not None else 0
-        return self
+        self.n_queries_ = int(problem.queries)
+        self.n_iter_ = int(run.n_iter)
+        self.history_ = run.history
+        self.fit_info_ = run.info
+        self.budget_exhausted_ = bool(run.exhausted)
+        self.labels_only_ = plan.labels_only
+        self.vote_error_rates_ = votes.error_rates
+        self.vote_smoothing_ = None if not plan.labels_only else (1.0 if votes.fallback else self.vote_smoothing)
+        self.vote_offsets_ = None if votes.readout is None else votes.readout.offsets
+        self.vote_scale_ = None if votes.readout is None else votes.readout.scale
+        self.calibration_ = readout.calibration
+        self.offsets_ = readout.offsets
+        self.scales_ = readout.scales
+        self.token_maps_ = readout.token_maps
+        self.top_k_ = problem.top_k if readout.token_maps is not None else 0
 
     def _fit_votes(self, problem, samples, weights, selection):
         """Each kept prompt's error rate and the calibrated vote read-out (or None

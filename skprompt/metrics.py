@@ -24,72 +24,8 @@ predictive_entropy         ``-sum_c p_c log p_c`` (natural log, 0 log 0 =   (a s
 max_prob_uncertainty       ``1 - max_c p_c``, in ``[0, 1 - 1/C]``           (a score)
 ========================== ================================================ ============
 
-Conventions
------------
-Probabilities
-    ``y_prob`` is ``(n_samples, n_classes)`` with rows summing to 1 (within
-    ``sqrt(eps)`` of its float type), or 1-D for a binary problem: the
-    probability of the positive class ``labels[1]`` (class ``1`` without
-    ``labels``), as :func:`sklearn.calibration.calibration_curve` takes it.
-    The predicted class is the first column attaining the maximum
-    (``np.argmax``, as ``classes_[argmax(predict_proba)]``), so a binary
-    ``p = 0.5`` predicts the negative class.
-Labels
-    Without ``labels``, ``y_true`` must hold class indices ``0..C-1`` (int,
-    bool or integral floats). With ``labels`` (e.g. ``estimator.classes_``),
-    ``labels[j]`` names column ``j`` of ``y_prob`` and ``y_true`` may hold
-    labels of any hashable type. Column order is never guessed from
-    ``y_true``, so a class missing from ``y_true`` cannot shift columns.
-ECE bins
-    ``"uniform"``: edges ``b / n_bins`` (``b = 0..n_bins``); ``"quantile"``:
-    edges at the empirical quantiles ``np.quantile(conf, b / n_bins)`` (equal
-    mass up to ties; tied confidences always share a bin, so bins may be
-    unequal or empty). Bins are closed on the right, ``(e_{b-1}, e_b]``, and
-    the first one also holds its left edge: a confidence exactly on an inner
-    edge goes into the *lower* bin, and confidence 1.0 lands in the last bin.
-    This is the convention of :func:`~sklearn.calibration.calibration_curve`
-    and of Guo et al. (2017). Empty bins contribute 0. Note that the top-label
-    confidence is at least ``1/C``, so with uniform bins the bins below
-    ``1/C`` stay empty (for a binary problem, half of them).
-Risk–rejection
-    Samples are ranked by uncertainty, ascending; at coverage ``c_k = k/K``
-    (``K = n_bins``) the ``m_k = ceil(k * n / K)`` (exact integer arithmetic,
-    always >= 1) least uncertain ones are kept. **Ties** are not broken by
-    input order: when the cut falls inside a group of ``g`` tied
-    uncertainties holding ``e`` failures and ``r`` of the group are kept, the
-    group counts ``r * e / g`` failures, the expected risk under uniformly
-    random tie-breaking. A constant uncertainty therefore gives the overall
-    failure rate at every coverage.
-AUROC ties
-    :func:`sklearn.metrics.roc_auc_score` counts a tied (failure,
-    non-failure) pair as 1/2. With a single class among the targets (no error,
-    or only errors) the AUROC is undefined: sklearn warns
-    (``UndefinedMetricWarning``) and the result is ``nan``.
-
-Scorers
--------
-scikit-learn's string scorer names are a fixed registry, so
-``scoring="neg_expected_calibration_error"`` cannot work. Pass a scorer
-object instead: :func:`get_scorer` (``get_scorer("neg_expected_calibration_error",
-n_bins=15)``), the ready module-level objects (``neg_expected_calibration_error_scorer``,
-...), or :func:`scorers` for a multi-metric dict (``GridSearchCV(...,
-scoring=scorers("accuracy", "neg_expected_calibration_error"),
-refit="accuracy")``). The scorers call ``predict_proba`` and map ``y_true``
-through the fitted ``estimator.classes_``, so string labels and test folds
-missing a class work. They derive from sklearn's (private) ``_BaseScorer``,
-so in a multi-metric search every ``predict_proba``-based scorer shares *one*
-``predict_proba`` call per fold: with a black-box language model, queries are
-the cost that matters.
-
-==================================== =============================================
-scorer name                           score (greater is better)
-==================================== =============================================
-neg_expected_calibration_error        ``-expected_calibration_error``
-neg_risk_rejection_auc_entropy        ``-risk_rejection_auc(errors, entropy)``
-neg_risk_rejection_auc_max_prob       ``-risk_rejection_auc(errors, 1 - max p)``
-misclassification_auroc_entropy       ``misclassification_auroc(..., entropy)``
-misclassification_auroc_max_prob      ``misclassification_auroc(..., 1 - max p)``
-==================================== =============================================
+The conventions (ties, bins, the uncertainty scores) and the scorers:
+docs/algorithms.md, "Metrics".
 
 Examples
 --------
@@ -400,8 +336,8 @@ def expected_calibration_error(y_true, y_prob, *, n_bins=10, strategy="uniform",
     ``ECE = sum_b |B_b|/n * |acc(B_b) - conf(B_b)|``, where each sample's
     confidence is its largest class probability, it is correct when the
     class of that probability is ``y_true``, and ``B_b`` are the samples whose
-    confidence falls into bin ``b``. See the module docstring for the bin
-    edge convention (right-closed bins; 1.0 in the last bin).
+    confidence falls into bin ``b``. See docs/algorithms.md ("Metrics") for
+    the bin edge convention (right-closed bins; 1.0 in the last bin).
 
     Parameters
     ----------

@@ -457,7 +457,8 @@ def choose_readout(log_proba, y, *, kinds=AUTO_CALIBRATIONS, n_splits=5, l2=DEFA
         The first candidates' training scores (with top tokens for ``"topk"``).
     y : ndarray of shape (n_texts,)
     kinds : tuple of str, default=AUTO_CALIBRATIONS
-        Simplest first.
+        Simplest first. ``"topk"`` is left out when ``log_proba`` carries no
+        top tokens (or ``n_classes`` is not given).
     n_splits : int, default=5
     l2 : float, default=DEFAULT_L2
     n_classes : int, optional
@@ -483,6 +484,8 @@ def choose_readout(log_proba, y, *, kinds=AUTO_CALIBRATIONS, n_splits=5, l2=DEFA
     'linear'
     """
     y = np.asarray(y)
+    if n_classes is None or np.shape(log_proba)[-1] == n_classes:  # no top tokens: nothing for "topk"
+        kinds = tuple(kind for kind in kinds if kind != "topk")
     smallest = np.bincount(y).min() if len(y) else 0
     if smallest < 2:
         return kinds[0], {"chosen": kinds[0], "cv_log_loss": {}, "standard_error": {}, "n_texts": int(len(y)),

@@ -22,13 +22,12 @@ import warnings
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from ._estimator import ProbaMethodsMixin, streaming, validation_split
-from ._validation import check_labels, check_param, check_texts
+from ._estimator import PromptEstimator, streaming, validation_split
+from ._validation import check_param, check_texts
 from .backends.base import PromptBackend
 from .backends.huggingface import CausalLMBackend, MaskedLMBackend
 from .inference.base import aggregate_outputs
@@ -84,7 +83,7 @@ class _FrozenModel:
             m.training = flag
 
 
-class GradientPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator):
+class GradientPromptClassifier(PromptEstimator):
     """White-box reference: soft-prompt tuning with gradients (needs the weights).
 
     The full-access counterpart of
@@ -261,14 +260,6 @@ class GradientPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         self.random_state = random_state
         self.verbose = verbose
 
-    # ---------------------------------------------------------------- sklearn
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.input_tags.string = True
-        tags.non_deterministic = False
-        return tags
-
     # -------------------------------------------------------------- checking
     def _validate_params(self):
         check_param("n_prompt_tokens", self.n_prompt_tokens, "int", low=1, allow_none=True)
@@ -302,11 +293,6 @@ class GradientPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
                             "BlackBoxPromptClassifier for black-box backends.")
         return backend
 
-    def _prompt_length(self, backend):
-        if self.n_prompt_tokens is not None:
-            return int(self.n_prompt_tokens)
-        return int(backend.default_prompt_length or 5)
-
     # ------------------------------------------------------------------- fit
     def fit(self, X, y):
         """Tune the soft prompt by gradient descent on texts ``X`` with labels ``y``.
@@ -322,10 +308,7 @@ class GradientPromptClassifier(ProbaMethodsMixin, ClassifierMixin, BaseEstimator
         -------
         self : GradientPromptClassifier
         """
-        self._validate_params()
-        texts = check_texts(X)
-        y, classes = check_labels(y, len(texts))
-        backend = self._resolve_backend()
+        texts, y, classes, backend = self._start_fit(X, y)
         backend.check_classes(list(classes))
 
         rng = check_random_state(self.random_state)

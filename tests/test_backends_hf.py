@@ -648,8 +648,9 @@ def test_classifier_fits_with_causal_backend(tiny_llama_dir):
     assert clone(clf).backend is not backend and clone(clf).backend.model is backend.model
     restored = pickle.loads(pickle.dumps(clf))
     # (the original predicts from the fit's cached texts, the restored copy streams them with
-    # one full forward each: the same numbers up to float rounding)
-    np.testing.assert_allclose(restored.predict_proba(TEXTS), proba, atol=1e-6)
+    # one full forward each: the same numbers up to float rounding, which the "topk" read-out
+    # that "auto" may choose sums over some 50 token features)
+    np.testing.assert_allclose(restored.predict_proba(TEXTS), proba, atol=1e-5)
 
 
 # ------------------------------------------------ streaming prediction (#12, item 4)

@@ -369,3 +369,12 @@ def test_token_read_out_through_a_search_and_a_pickle():
     assert clf.score(X[60:], y[60:]) > 0.6
     again = pickle.loads(pickle.dumps(clf))
     np.testing.assert_array_equal(again.predict_proba(X[60:]), clf.predict_proba(X[60:]))
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import skprompt.readout as module
+
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 10 and result.failed == 0

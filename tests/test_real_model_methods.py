@@ -90,7 +90,7 @@ def _fit_agreement(clf, Z, split):
 
 
 _SNPE_GAP = ("SNPE's neural posterior at the true labels stays at the prior on the real model "
-             "(fit-label agreement 0.734 vs 0.742 for prior draws); see the module docstring")
+             "(fit-label agreement 0.734 vs 0.742 for prior draws); see docs/algorithms.md, \"Neural posterior estimation\"")
 _SNPE_XFAIL = pytest.mark.xfail(strict=True, raises=AssertionError, reason=_SNPE_GAP)
 
 

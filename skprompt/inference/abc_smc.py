@@ -1,10 +1,10 @@
-"""Likelihood-free prompt posteriors: ABC sequential Monte Carlo (``"abc-smc"``).
+r"""Likelihood-free prompt posteriors: ABC sequential Monte Carlo (``"abc-smc"``).
 
 ABC-SMC needs only the *labels* a black-box API predicts. It samples prompt
 vectors ``z`` from the approximate Bayesian computation (ABC) posterior
 
-.. math::  \\pi_\\varepsilon(z) \\propto \\pi(z)\\, 1[d(z) \\le \\varepsilon],
-   \\qquad \\pi = N(0, v I),\\quad d(z) = \\text{training error rate of } z,
+.. math::  \pi_\varepsilon(z) \propto \pi(z)\, 1[d(z) \le \varepsilon],
+   \qquad \pi = N(0, v I),\quad d(z) = \text{training error rate of } z,
 
 for a decreasing sequence of tolerances ``eps_0 > eps_1 > ...``, carrying a
 weighted population of ``n_particles`` prompts from one tolerance to the
@@ -14,226 +14,8 @@ Monte Carlo with importance weights (``move="pmc"``; Beaumont et al., 2009;
 Toni et al., 2009), which resamples and moves like ``"mcmc"`` when its
 weights degenerate. The whole weighted population is the result.
 
-Algorithm
----------
-Round 0 (rejection ABC, bounded)
-    Draw ``n_initial`` prompts from the prior, in *one* request, and keep
-    ``n_particles`` of them: the tolerance is the ``n_particles``-th smallest
-    error and the population is drawn uniformly (without replacement) among
-    all draws within it (uniformly, so that ties do not favour lower errors
-    and the population stays a sample of the restricted prior). The proposal
-    is the prior, so the weights are exactly uniform.
-Tolerance schedule (rounds t >= 1)
-    ``eps_t`` is the weighted ``quantile`` of the current population's
-    errors. Errors are multiples of ``1 / n_train``, so ties are the rule:
-    when the quantile equals ``eps_{t-1}`` (a plateau), ``eps_t`` is the
-    largest error in the population below ``eps_{t-1}``, or, if every
-    particle sits at ``eps_{t-1}``, the next level ``eps_{t-1} - 1/n_train``.
-    The targeted tolerance therefore strictly decreases every round; a
-    population at zero error ends the run (``"converged"``).
-Kernels
-    ``kernel="pcn"`` (the default): the preconditioned Crank-Nicolson
-    proposal ``z' = ρ z + s √v e``, ``ρ = √(1 - s²)``, ``e ~ N(0, I)``
-    (Cotter et al., 2013). It leaves the prior invariant, so a
-    Metropolis-Hastings move with it accepts on the tolerance alone, in any
-    dimension; ``s = 1`` proposes independent prior draws. The step ``s``
-    starts at 0.5 (or ``kernel_scale``) and is multiplied by
-    ``exp(rate - 0.3)`` after each sweep of moves (and each round of PMC
-    candidates), so the acceptance rate settles near 0.3, within
-    ``[kernel_floor, 1]``. (The step, like the number of sweeps below,
-    depends on the whole population's acceptance rate, as in adaptive SMC
-    samplers (Fearnhead & Taylor, 2013); the exact-posterior tests, 2-D with
-    600 particles, hold with it.) ``kernel="diag"`` / ``"full"``: a Gaussian random
-    walk with covariance ``kernel_scale`` times the weighted covariance of the
-    population (its diagonal, or the full matrix for ``n_particles`` well
-    above the dimension), recomputed every round, so it shrinks with the
-    population; default scale 2 for PMC candidates (Beaumont et al.) and
-    ``2.38² / dim`` for Metropolis-Hastings moves (Roberts & Rosenthal, 2001).
-    *Floor.* No coordinate's standard deviation goes below
-    ``kernel_floor * √v`` (for ``"full"``, ``kernel_floor² v`` is added to
-    every eigenvalue), so a population that has contracted still moves.
-
-``move="mcmc"`` (default): resample-move
-    *Reweight and resample.* For a deterministic simulator the incremental
-    weight of a particle is ``1[d <= eps_t]`` (Del Moral et al., 2012, with
-    one simulation per particle); the survivors are resampled (systematic) to
-    ``n_particles``, with equal weights.
-    *Move.* Each particle takes Metropolis-Hastings steps that leave the ABC
-    posterior at ``eps_t`` invariant: propose ``z'`` from the kernel, accept
-    with probability ``min(1, π(z')/π(z)) · 1[d(z') <= eps_t]`` (the prior
-    ratio is 1 for ``"pcn"``). For a random walk the prior test is done first,
-    so only its survivors are simulated; one request per sweep over the
-    population. Sweeps go on until each particle has moved at least once
-    with probability 0.9 at the acceptance rate ``p`` observed so far:
-    ``sweeps >= log 0.1 / log(1 - p)``, within the per-round cap (Drovandi &
-    Pettitt, 2011, ask 0.99, which costs 36% more queries: "Defaults" below).
-    Weights stay uniform; ``ess_threshold`` is not used.
-    *Plateau.* When every particle sits at ``eps_{t-1}`` the round moves the
-    population at ``eps_{t-1}`` (a refresh, reported as ``relaxed``); if that
-    finds no particle below ``eps_{t-1}``, the run stops (``"stalled"``).
-
-``move="pmc"``: population Monte Carlo
-    *Proposals.* A parent is drawn with probability equal to its weight and
-    perturbed by the kernel. Candidates are proposed in batches, each scored
-    in a single ``problem.outputs`` request; the batch size is the number of
-    particles still missing divided by the acceptance rate observed so far
-    (1.2x margin). The first ``n_particles`` candidates within ``eps_t``, in
-    proposal order, form the new population (rejection sampling from the
-    proposal mixture restricted to the tolerance).
-    *Importance weights.* ``w_i ∝ π(z_i) / Σ_j W_j K(z_i | z_j)``: the prior
-    over the density of the proposal mixture actually used (``W_j`` the
-    parents' weights), normalised to sum to 1.
-    *Resample-move.* When the effective sample size ``1 / Σ w_i²`` falls
-    below ``ess_threshold * n_particles``, the population is resampled
-    (systematic) and each particle moved with the Metropolis-Hastings sweeps
-    of ``"mcmc"`` at ``eps_t`` (up to the per-round cap again); it then has
-    uniform weights. Otherwise the population keeps its weights.
-    *Per-round cap.* A round simulates at most ``max_simulations_per_round``
-    candidates (and no more than the budget affords). If fewer than
-    ``n_particles`` reach ``eps_t``, the tolerance is relaxed to the
-    ``n_particles``-th smallest error among *all* the round's candidates and
-    the population is drawn uniformly among the candidates within it,
-    provided that is not looser than ``eps_{t-1}``. A relaxed round that does
-    not lower the tolerance is kept (it refreshes the population) and ends
-    the run (``"stalled"``: the next round would face the same acceptance
-    rate). If not even ``n_particles`` candidates reach ``eps_{t-1}``, the
-    round is discarded and the run stops (``"stalled"``, or ``"budget"``);
-    its simulations are still counted (``discarded_simulations``).
-    *Why it is not the default.* Importance weights degenerate with the
-    dimension: a mixture of Gaussians around a few particles is a poor
-    importance density in 50 dimensions. On the 50-D toy below the ESS of
-    the first perturbation round's weights has median 1.0-1.2 with 4-20
-    particles, and without resample-move the population is one prompt; with
-    it, PMC is a costlier route to what ``"mcmc"`` does ("Defaults").
-
-Stopping
-    Always bounded: after ``max_rounds`` rounds (round 0 included); when the
-    budget cannot pay ``n_particles`` simulations plus the validation of a
-    population (``"budget"``; validation queries are reserved before a round
-    starts, so a started round can always be validated); at zero tolerance
-    (``"converged"``); on a stall (above). The tolerance decreases at least
-    every other round, so there are at most ``2 (n_train + 1)`` rounds even
-    with ``max_rounds`` and the budget unbounded; each round simulates at
-    most ``max_simulations_per_round`` candidates or moves (twice that for a
-    PMC round that resamples).
-Accounting
-    Every simulation is counted: ``info["n_simulations"]`` is the sum of the
-    rounds' ``simulations`` plus those of a discarded last round, and the
-    queries of a fit are exactly ``n_simulations * n_train`` plus
-    ``n_particles * n_val`` per completed round.
-Model selection (Shen et al., 2023)
-    After each round the population's weighted-vote predictive (the weighted
-    histogram of its predicted labels, :func:`~skprompt.inference.base.aggregate_outputs`)
-    is scored on the validation split, and the population of the round with
-    the best validation accuracy is returned with its weights (ties: the
-    later, tighter round). Without a validation split the last completed
-    population is returned.
-Degenerate populations
-    ``info["kept_ess"]`` is the kept population's effective sample size with
-    identical particles merged (:func:`population_ess`: resampled copies
-    count once). Below 2 the population is effectively one prompt, and the
-    result carries a :class:`~skprompt.inference.base.PosteriorWarning`
-    (emitted by the estimator at the user's call).
-
-Defaults (measured)
--------------------
-On a label-only toy shaped like the bundled task, at the estimator's
-defaults (``intrinsic_dim=50``, ``prior_variance = sigma0² = 0.01``): 24
-training and 8 validation texts; text ``i`` is labelled ``1[a_i · z + c_i >
-0]`` with random ``a_i``; 30% of the texts (7 and 2) have ``c_i`` within ~2
-prior standard deviations of ``a_i · z`` and change label under prior draws
-(5-8 of 24 on the real task), the others never do; labels from a prompt 1.5
-prior standard deviations out, 3 training texts wrong under every prompt
-(``halfspace_problem`` in ``tests/test_abc_smc.py``). Seeds 0-39, no budget
-(the estimator's default) unless stated. "ESS": the kept population's
-effective sample size, identical particles merged; "spread": its median
-per-coordinate weighted standard deviation over the prior's, range over
-seeds (median) (the exact ABC posterior's: 0.96-1.00); "draws": how many
-independent posterior draws would estimate each varying text's label
-probability as well as the weighted population (binomial variance over the
-mean squared error against the exact ABC posterior at the kept tolerance,
-from 600,000 prior draws, pooled over the 37-40 seeds where that tolerance
-holds at least 1,500 of them); "queries": mean per fit (a simulation costs
-24, a validation 8 per particle):
-
-==============================================  ========  =================  =====  =======
-setting                                         ESS       spread             draws  queries
-==============================================  ========  =================  =====  =======
-before: 4 particles, ``"pmc"``, ``"diag"``      1.0-4.0   0.00-0.87 (0.04)     1.4    1,927
-before: 20 particles, ``"pmc"``, ``"diag"``     1.0-20    0.00-1.00 (0.10)     1.4    9,849
-before: 4 particles, ``"mcmc"``, ``"diag"``     4         0.07-0.81 (0.31)     1.7    1,111
-before: 16 particles, ``"mcmc"``, ``"diag"``    14.2-16   0.12-0.93 (0.74)     4.7    5,951
-**16, "mcmc", "pcn" (the defaults)**            14.2-16   0.66-1.00 (0.89)     7.9    9,949
-16, defaults, ``budget=3000``                   5.3-16    0.70-1.00 (0.90)    10.9    2,858
-16, "mcmc", "pcn", moved w.p. 0.99              14.2-16   0.68-0.98 (0.90)    11.5   13,514
-16, "mcmc", "pcn", moved w.p. 0.7               11.6-16   0.53-0.94 (0.86)     5.4    6,074
-8, "mcmc", "pcn"                                8         0.43-0.93 (0.80)     4.8    4,680
-32, "mcmc", "pcn"                               25.6-32   0.61-0.99 (0.93)    23.4   19,462
-16, "mcmc", "diag" (floor 0.1)                  16        0.22-0.93 (0.76)     5.7    4,830
-16, "pmc", "pcn", resample-move                 8.8-16    0.68-0.99 (0.91)     7.1   10,908
-16, "pmc", "diag", resample-move                11.6-16   0.11-0.96 (0.17)     1.3    9,456
-16, "pmc", "diag", ``ess_threshold=0``          1.0-16    0.00-1.02 (0.07)     1.3    7,459
-==============================================  ========  =================  =====  =======
-
-Readings. PMC's importance weights collapse in 50 dimensions: the ESS of the
-first perturbation round has median 1.0 with 4 particles and 1.2 with 20
-(``"diag"``), 1.1 with 16 and ``"pcn"``; without resample-move the kept
-population is one prompt. A random walk scaled to the population barely
-moves in 50 dimensions (``2.38 / √50 ≈ 0.34`` of the population's spread per
-step, many steps rejected by the prior), so particles stay near their
-ancestors and the population contracts, with or without the floor; the pCN
-proposal moves in the 40-odd directions the labels do not constrain at the
-prior's own scale and is rejected only by the tolerance. Resample-move
-(``"mcmc"``) matches PMC with resample-move at lower cost (PMC resamples in
-most rounds anyway, after paying for its candidates). Cost and draws: a
-default run costs ~10,000 queries without a budget (4-5 rounds), a round at
-most ``10 * 16`` simulations (3,840 queries) and on average 104 (~2,500);
-``budget=3000`` affords round 0 and one or two rounds. The draws per
-thousand queries hardly depend on the settings (0.8-0.9 for
-``"mcmc"``/``"pcn"``), so the choice is draws per fit against cost per fit:
-32 particles double the cost for three times the draws, 8 halve it for 0.6
-times; moving each particle with probability 0.99 (Drovandi & Pettitt)
-rather than 0.9 costs 36% more for 45% more draws, 0.7 saves 39% for 32%
-fewer. The defaults keep about half the particles' worth of independent
-draws (7.9 of 16) at ~2,500 queries a round.
-
-What differs from the reference code (Shen et al., 2023)
----------------------------------------------------------
-The public code accepts particles whose accuracy beats a threshold that grows
-by ``1/N`` per round, perturbs a uniformly chosen parent with a fixed
-diagonal Gaussian and has no importance weights (that branch crashes), no cap
-on the prior draws of round 0, and a loop that never ends when no particle
-reaches the threshold. Here: a population that targets the ABC posterior
-(Metropolis-Hastings moves that leave it invariant, or importance weights)
-rather than the kernel-distorted proposal; a prior-reversible kernel, or one
-adapted to the population with a floor; an adaptive quantile schedule that
-handles the discrete error levels; ESS-triggered resample-move; batched
-simulation; hard bounds on simulations per round, rounds and queries. The
-prior is ``N(0, prior_variance I)``; the paper used ``prior_variance=50``
-with its own projection scale, whereas skprompt's projection maps
-``z ~ N(0, I)`` to perturbations with the spread of the embeddings; the
-estimator sets ``prior_variance = sigma0**2``, the scale its CMA-ES searches
-start at.
-
-References
-----------
-Beaumont, Cornuet, Marin, Robert (2009). Adaptive approximate Bayesian
-computation. *Biometrika* 96(4).
-Cotter, Roberts, Stuart, White (2013). MCMC methods for functions: modifying
-old algorithms to make them faster. *Statistical Science* 28(3).
-Toni, Welch, Strelkowa, Ipsen, Stumpf (2009). Approximate Bayesian
-computation scheme for parameter inference and model selection in dynamical
-systems. *J. R. Soc. Interface* 6.
-Fearnhead, Taylor (2013). An adaptive sequential Monte Carlo sampler.
-*Bayesian Analysis* 8(2).
-Del Moral, Doucet, Jasra (2012). An adaptive sequential Monte Carlo method for
-approximate Bayesian computation. *Statistics and Computing* 22.
-Drovandi, Pettitt (2011). Estimation of parameters for macroparasite
-population evolution using approximate Bayesian computation. *Biometrics* 67.
-Roberts, Rosenthal (2001). Optimal scaling for various Metropolis-Hastings
-algorithms. *Statistical Science* 16.
-Shen, Huang, Liang, Wang, Wei, Li (2023). Reliable gradient-free and
-likelihood-free prompt tuning. *Findings of EACL*.
+The algorithm step by step, how its defaults were chosen and its references:
+docs/algorithms.md, "ABC-SMC".
 """
 
 from __future__ import annotations
@@ -268,11 +50,11 @@ METHOD_PARAMS = (
     "batch_size",
 )
 
-#: Default population size (module docstring, "Defaults").
+#: Default population size (docs/algorithms.md, ABC-SMC, "Defaults (measured)").
 N_PARTICLES = 16
 
 #: ABC-MCMC: each particle should move at least once with probability 1 - MOVE_MISS (Drovandi & Pettitt
-#: ask 0.01; 0.1 is measured, module docstring "Defaults").
+#: ask 0.01; 0.1 is measured: docs/algorithms.md, ABC-SMC, "Defaults (measured)").
 MOVE_MISS = 0.1
 
 #: pCN step (in prior standard deviations) of the first move of a run, and the acceptance rate it adapts to.
@@ -464,7 +246,7 @@ class _Round:
 class ABCSMCLearner(Learner):
     """ABC sequential Monte Carlo over prompt vectors, from predicted labels only.
 
-    See the module docstring for the algorithm. The distance is the training
+    See docs/algorithms.md (ABC-SMC) for the algorithm. The distance is the training
     error rate of the labels a prompt predicts; the result is a weighted
     population of prompts.
 
@@ -472,7 +254,7 @@ class ABCSMCLearner(Learner):
     ----------
     n_particles : int, default=16
         Population size (>= 2): the number of prompts returned. The default
-        is measured (module docstring, "Defaults"); the estimator passes
+        is measured (docs/algorithms.md, "Defaults (measured)"); the estimator passes
         ``max(n_prompts, 16)`` unless ``method_params`` sets it
         (:meth:`from_params`).
     move : {"mcmc", "pmc"}, default="mcmc"
@@ -573,7 +355,7 @@ class ABCSMCLearner(Learner):
 
         The population size is ``method_params["n_particles"]`` when given,
         else ``max(n_prompts, 16)`` (``n_prompts`` is a floor: a population of
-        a handful of particles degenerates, module docstring). The whole
+        a handful of particles degenerates, docs/algorithms.md). The whole
         weighted population is returned, so the estimator keeps
         ``n_particles`` prompts. Raises a ``ValueError`` naming any unknown key.
         """
@@ -670,7 +452,7 @@ class ABCSMCLearner(Learner):
 
     # ---------------------------------------------------------------- fit
     def fit(self, problem, random_state):
-        """Run ABC-SMC on ``problem``; see the module docstring.
+        """Run ABC-SMC on ``problem``; see docs/algorithms.md, "ABC-SMC".
 
         Returns
         -------

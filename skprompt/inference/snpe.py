@@ -10,170 +10,8 @@ that the **true training labels** give. (The paper's public code conditions
 on the best *simulated* output instead, i.e. on the predictions of the best
 prompt it happened to draw; that is not reproduced here.)
 
-Summaries (``summary``)
------------------------
-``"onehot"`` (default, as in the paper)
-    The predicted labels, one-hot encoded and flattened; the last class's
-    column is left out since the others imply it (for two classes: the
-    predicted label itself). ``x_o`` is the encoding of the true labels.
-``"correctness"``
-    ``x_i`` = whether example i is predicted correctly; ``x_o`` = all correct.
-
-Both carry the same information about θ at x_o, but they place x_o
-differently: under ``"onehot"`` the true labels look like any other label
-vector, while under ``"correctness"`` x_o is the all-correct corner, which no
-simulation reaches when prompts make errors, so the estimator must
-extrapolate to it. On the logistic toy of the tests (40 texts, one round of
-200 simulations, a MAF) ``"correctness"`` gave a posterior broader than the
-prior at x_o for 2 of 5 seeds, ``"onehot"`` for none. The summaries are
-binary; the density estimator models θ *given* x, never x, so no
-dequantisation is needed. They are encoded as ±1 and not z-scored: a z-score
-divides by a column's spread over the simulations, which is 0 for a label no
-simulation predicts on some text and would blow up that column of x_o.
-
-Factorised likelihood (``inference="factorised"``)
---------------------------------------------------
-With a few dozen training texts the summary x is a vector of dozens of bits,
-and x_o (the true labels) is a point no simulation reaches on a real task
-(see "Known limit" below): a density estimator conditioned on all of x has
-nothing to learn from near x_o. The labels of different texts are, however,
-separate outputs of the same prompt, so the likelihood factorises over texts
-given θ: p(y | θ) = Π_i P(prompt θ predicts y_i on text i). Each factor is
-learnt from the simulations as its own small classifier, a logistic
-regression of "text i is predicted correctly" on θ (sklearn, L2 with C = 1 on
-θ in prior-sd units; NLE-style, Papamakarios et al., 2019, with one
-likelihood per text instead of one for the whole vector). The posterior is
-the prior times the product of the learnt factors; it is sampled by
-elliptical slice sampling (Murray et al., 2010), which needs no step size
-for a Gaussian prior and is written here vectorised over chains (no library
-offers a vectorised one; each chain starts at a prior draw and takes
-``_SLICE_STEPS`` steps, the last state is kept).
-
-Only texts whose correctness depends on θ enter: a text is left out unless
-a test of "its correctness does not depend on θ" rejects at level
-``FACTORISED_ALPHA`` / n_texts (Bonferroni: at most ``FACTORISED_ALPHA`` of
-the fits keep any text that does not depend on θ), so texts every prompt
-gets right or wrong, or gets right by chance, leave the posterior at the
-prior instead of adding noise. The test is the score test of the logistic
-model at zero slope, the R² of the least-squares regression of correctness
-on θ, whose null law is exactly Beta(dim / 2, (n - 1 - dim) / 2) on prior
-draws (``_screen_p_values``). The logistic likelihood ratio against
-chi-square(dim) used before is inflated in high dimension (dim 50, 200
-simulations: null mean 60 against 50, 99 % quantile 94 against 76): one of
-24 texts independent of θ was kept in 31 % of the fits at a nominal 1 %; the
-score test keeps one in 1.3 %, and keeps texts with a clear effect (a
-logistic of slope 2 per prior sd in one direction) as often (99 %)
-(``benchmarks/snpe_screen.py``). On the real demo task (SmolLM2, Rotten
-Tomatoes, 32 training texts, the defaults) the miscalibration did not
-matter: in round 1 of seed 0, 25 of the 32 texts were constant under all
-200 prompts and the 4 the old screen kept had p < 1e-8 under both tests;
-kept texts per round, old against new screen, 4,6,6,6,6 against
-5,6,6,6,6 (seed 0) and 6,9,11,12,12 against 7,10,11,13,13 (seed 1), test
-accuracy 0.783 against 0.780 and 0.803 against 0.820 (300 test texts).
-The score test keeps slightly more: it is not shrunk by the logistic's
-penalty for texts almost always (or almost never) right.
-``info["n_informative_texts"]`` counts those kept per round. Rounds after
-the first propose as in ``sequential`` (the truncated prior, or the
-posterior itself: the factors are conditional on θ, so no correction is
-needed for either). This path does not need ``sbi``; ``density_estimator``
-and the network options do not apply to it and are refused if changed.
-
-Measured on the logistic toy of the tests (40 texts, 3 rounds × 100
-simulations, θ0's exact posterior sd about 0.3, seeds 0-5): θ0's posterior
-mean within 0.15 of the exact one and its sd within 5-10 %. Its weakness is
-the noise of the learnt factors: each text's coefficient on an inert
-coordinate is estimated with an error of about 0.1, and 25-30 such errors
-add up, so the inert θ1 kept its prior sd but its mean drifted by up to 0.7
-prior sd (NPE: at most 0.3). ``LogisticRegressionCV`` halved the drift at
-three times the cost; not taken.
-
-Sequential rounds (``sequential``)
-----------------------------------
-``"truncated"`` (default): TSNPE (Deistler et al., 2022, "Truncated proposals
-for scalable and hassle-free simulation-based inference"). Round r > 0 draws
-θ from the prior restricted to the ``1 - truncation_quantile``
-highest-density region of the current posterior at x_o; within that region
-the proposal is proportional to the prior, so every round trains q by plain
-maximum likelihood on all simulations so far, with no proposal correction.
-If a posterior is still broad, the region is the whole prior and the round
-simply adds prior draws. Prior draws are screened in batches, at most
-``max_proposal_draws`` per round; if too few fall in the region (a posterior
-far narrower than the prior) the rest are drawn from the posterior within
-the region, which biases q slightly towards that posterior and is counted in
-``info["proposal_fallback"]``.
-
-``"apt"``: SNPE-C / APT (Greenberg et al., 2019), what the paper used: round
-r > 0 draws θ from the posterior at x_o and sbi corrects for the proposal
-(atomic loss for flows, analytic for ``"mdn"``). On the logistic toy (40
-texts, 3 rounds × 100 simulations, 6 seeds) the MAF's atomic loss diverged
-for 2 seeds with a 2-D θ (posterior sd of the inert coordinate 5.8 and 171,
-prior sd 1), and the MDN's analytic correction failed (non-positive-definite
-precision) for 4 seeds with a 10-D θ; TSNPE had neither failure.
-
-The prior is Gaussian, with support all of R^d, so posterior samples are never
-rejected for leaving the support: sampling is direct and bounded.
-
-Density estimator
------------------
-``"auto"`` (default) takes a mixture of Gaussians (``"mdn"``) up to
-``AUTO_MDN_MAX_DIM = 10`` dimensions and a masked autoregressive flow
-(``"maf"``, the paper's) above; ``"nsf"`` and ``"made"`` are available too.
-Measured on the logistic toy with TSNPE and the default 5 rounds × 200
-simulations (exact posterior mean 0.74, sd 0.30): with a 2-D θ the MAF's
-posterior stayed at the prior (mean ≈ 0, sd ≈ 1) for 3 of 6 seeds, whatever
-the network size, learning rate or batch size, while the MDN was within 0.25
-for all; with a 10-D θ both were fine (means 0.63-1.05); with a 50-D θ the
-MDN stayed near the prior (sd 0.83-0.95) while the MAF got means 0.60-0.74
-(sd 0.35-0.67) in about 15 s per fit. The paper ran 5 rounds × 1000
-simulations.
-
-Budget
-------
-Each simulation costs ``n_train`` queries. A round runs as many simulations
-as the remaining budget allows, up to ``n_simulations``; a round that could
-run fewer than ``min_simulations`` is not started, and the learner stops
-(``budget_exhausted``). Each round's simulations are evaluated in one request
-to the problem.
-
-Known limit: observations no simulation reproduces
---------------------------------------------------
-The posterior is read at x_o, the true labels. When the prompts the prior
-proposes almost never reproduce them, the estimator has almost no
-simulations near x_o to learn from and its posterior there stays close to
-the prior. On the real demo task (SmolLM2, Rotten Tomatoes, 24 training
-texts) 0-5 of 1,000 prior draws reproduce the labels of the texts whose
-label varies at all, and the posterior draws agree with the training labels
-no more than prior draws do, after 5 rounds too (docs/defaults.md,
-"Label-only methods at a small budget"). ``info["round_mean_error"]``
-(``fit_info_["round_mean_error"]`` on the estimator) staying flat across
-rounds is the symptom.
-
-The learner checks for it without queries: ``info["prior_overlap"]`` is the
-share of prior draws inside each round's posterior's highest-density region
-(the ``1 - truncation_quantile`` region TSNPE would propose from). When the
-kept round's is at least ``PRIOR_LIKE_OVERLAP = 0.99``, the posterior rules
-out almost nothing of the prior, and ``fit`` emits a
-:class:`~skprompt.inference.base.PosteriorWarning` saying so. Measured: 0.998-
-1.0 on the real demo task (seeds 0 and 1, budgets 3,000 and 12,000), where
-the posterior's draws agree with the labels no more than prior draws do;
-0.993-0.999 for labels that do not depend on θ (as in the tests). On the
-logistic toy (4 seeds each) the runs whose posterior learnt θ0 read 0.51-0.83
-in 2-D and 0.946-0.973 with a 10- or 50-D θ (one informative coordinate among
-many rules out little of the prior's volume); the 10- and 50-D runs that did
-not learn it (posterior mean of θ0 between -0.12 and 0.32, exact 0.74) read
-0.996-0.999, except one at 0.961. So the warning is a heuristic: it flagged
-4 of those 5 runs and none of the 3 that learnt θ0; its silence is no proof
-that the posterior is right.
-
-Model selection
----------------
-After every round, ``n_samples`` prompts are drawn from the posterior at x_o.
-With a validation split (and ``select_by_validation``), they are scored there
-(``n_samples × n_val`` queries per round, reserved before the round's
-simulations) and the round whose samples' vote has the lowest validation
-error is kept (ties go to the later round, trained on more simulations), as
-the other learners select by validation. Otherwise the last round's samples
-are kept.
+The algorithm step by step, how its defaults were chosen and its references:
+docs/algorithms.md, "Neural posterior estimation".
 """
 
 from __future__ import annotations
@@ -200,7 +38,7 @@ AUTO_MDN_MAX_DIM = 10
 #: Schemes for the rounds after the first.
 SEQUENTIAL = ("truncated", "apt")
 #: What the simulations train: sbi's posterior estimator at the true labels'
-#: summary, or one correctness classifier per training text (module docstring).
+#: summary, or one correctness classifier per training text (docs/algorithms.md).
 INFERENCE = ("npe", "factorised")
 #: ``inference="factorised"``: a text enters the likelihood only if a test of
 #: "its correctness does not depend on θ" rejects at this level,
@@ -423,7 +261,7 @@ class _FactorisedLikelihood:
 
     Fitted on all simulations so far (``theta`` (n, dim), ``correct`` (n,
     n_texts) booleans); texts that fail the screen (:func:`_screen_p_values`
-    at level ``alpha / n_texts``; module docstring) are left out.
+    at level ``alpha / n_texts``; docs/algorithms.md) are left out.
     """
 
     def __init__(self, theta, correct, prior_sd, alpha):
@@ -470,12 +308,12 @@ class SNPELearner(Learner):
         ``z ~ N(0, sigma0**2 I)`` to prompts spread like the model's own
         embeddings, so ``sigma0**2`` is the natural value.
     summary : {"onehot", "correctness"}, default="onehot"
-        How predictions are encoded (see the module docstring).
+        How predictions are encoded (docs/algorithms.md, "Summaries").
     inference : {"npe", "factorised"}, default="npe"
         ``"npe"``: sbi's neural posterior estimator conditioned on the
         summary of all training labels. ``"factorised"``: one learnt
         correctness likelihood per training text, multiplied with the prior
-        and sampled by elliptical slice sampling (module docstring; needs no
+        and sampled by elliptical slice sampling (docs/algorithms.md; needs no
         ``sbi``).
     sequential : {"truncated", "apt"}, default="truncated"
         Proposal of the rounds after the first: the prior truncated to the
@@ -488,8 +326,8 @@ class SNPELearner(Learner):
     density_estimator : {"auto", "maf", "mdn", "nsf", "made"}, default="auto"
         The conditional density estimator q(θ | x) (``sbi.neural_nets.posterior_nn``).
         ``"auto"``: a mixture of Gaussians (``"mdn"``) for ``dim <= 10``, a
-        masked autoregressive flow (``"maf"``, the paper's) above (see the
-        module docstring for the measurements).
+        masked autoregressive flow (``"maf"``, the paper's) above (see
+        docs/algorithms.md for the measurements).
     hidden_features : int, default=32
         Hidden units of the estimator's networks.
     num_transforms : int, default=3
@@ -649,7 +487,7 @@ class SNPELearner(Learner):
 
     # --------------------------------------------------------------------- fit
     def fit(self, problem, random_state):
-        """Run the rounds on ``problem``; see the module docstring.
+        """Run the rounds on ``problem``; see docs/algorithms.md.
 
         Parameters
         ----------
@@ -708,7 +546,7 @@ class SNPELearner(Learner):
 
         About ``1 - truncation_quantile`` when the posterior at x_o rules out
         nothing of the prior (the next TSNPE round would accept every prior
-        draw); lower when it has learnt something (module docstring).
+        draw); lower when it has learnt something (docs/algorithms.md).
         """
         with torch.random.fork_rng(devices=[]):  # a diagnostic: leave the run's draws as they were
             return float(inside(prior.sample((_OVERLAP_DRAWS,))).float().mean())
@@ -784,7 +622,7 @@ class SNPELearner(Learner):
         return kept, kept_key, exhausted
 
     def _fit_factorised(self, problem, rng):
-        """The rounds of ``inference="factorised"`` (module docstring); numpy only."""
+        """The rounds of ``inference="factorised"`` (docs/algorithms.md); numpy only."""
         dim = int(problem.dim)
         y_train = np.asarray(problem.y("train"))
         use_val = self.select_by_validation and problem.has_split("val")
