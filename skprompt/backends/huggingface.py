@@ -1162,6 +1162,20 @@ class _HFBackend(_TokenizedBackend):
             limit -= getattr(config, "pad_token_id", 0) + 1
         return int(limit)
 
+    def _torch_inputs(self, prompts, texts, classes):
+        """The checked inputs of a differentiable ``_log_proba_torch`` call: the
+        prompts cast to the model's device and dtype, the texts fitted to the
+        context, the label tokens, the model handle and its read-out."""
+        if not isinstance(prompts, torch.Tensor) or prompts.ndim != 3 or prompts.shape[2] != self.embedding_dim:
+            raise BackendError("prompts must be a torch.Tensor of shape (n_prompts, n_prompt_tokens, "
+                               f"{self.embedding_dim}); got {getattr(prompts, 'shape', type(prompts).__name__)}.")
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise BackendError("texts must be a sequence of str.")
+        token_ids = self._class_token_ids(list(classes))
+        texts = self._fit_to_context(list(texts), prompts.shape[1])
+        handle = self._get_handle()
+        return prompts.to(handle.device, handle.dtype), texts, token_ids, handle, handle.readout()
+
     def _model_name(self):
         if self.model_path:
             return os.path.basename(os.path.normpath(self.model_path))
@@ -1889,17 +1903,7 @@ class CausalLMBackend(_HFBackend):
             full input with grad. Runs with grad unless the caller disabled it;
             the model's parameters get gradients only if they require grad.
         """
-        if not isinstance(prompts, torch.Tensor) or prompts.ndim != 3 or prompts.shape[2] != self.embedding_dim:
-            raise BackendError("prompts must be a torch.Tensor of shape (n_prompts, n_prompt_tokens, "
-                               f"{self.embedding_dim}); got {getattr(prompts, 'shape', type(prompts).__name__)}.")
-        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-            raise BackendError("texts must be a sequence of str.")
-        texts, classes = list(texts), list(classes)
-        token_ids = self._class_token_ids(classes)
-        texts = self._fit_to_context(texts, prompts.shape[1])
-        handle = self._get_handle()
-        readout = handle.readout()
-        prompts = prompts.to(handle.device, handle.dtype)
+        prompts, texts, token_ids, handle, readout = self._torch_inputs(prompts, texts, classes)
         n_prompts, n_tokens, n_texts = prompts.shape[0], prompts.shape[1], len(texts)
         if n_prompts == 0 or n_texts == 0:
             return prompts.new_zeros((n_prompts, n_texts, len(token_ids)), dtype=torch.float64)
@@ -2087,33 +2091,36 @@ class MaskedLMBackend(_HFBackend):
         last = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
         return ([first] if first is not None else []), ([last] if last is not None else [])
 
+    def _masked_inputs(self, handle, texts, n_tokens):
+        """Token layout of each text: ``[first | prompt | left, mask, right | last]``.
+
+        Returns the special first and last ids, each text's body (left, the
+        mask token, right), the mask's position and the input's length; a
+        text too long for the model's positions is an error.
+        """
+        first, last = self._specials(handle)
+        left_ids = handle.encode_batch([self._left_template.replace("{text}", t).rstrip() for t in texts])
+        right_ids = handle.encode_batch([self._right_template.replace("{text}", t) for t in texts])
+        bodies = [li + [handle.tokenizer.mask_token_id] + ri for li, ri in zip(left_ids, right_ids)]
+        mask_pos = np.array([len(first) + n_tokens + len(li) for li in left_ids])
+        lengths = np.array([len(first) + n_tokens + len(b) + len(last) for b in bodies])
+        usable = self.context_length()
+        too_long = np.flatnonzero(lengths > usable) if usable else np.array([], dtype=int)
+        if too_long.size:
+            raise BackendError(
+                f"{too_long.size} text(s) are too long for {self._model_name()!r}: e.g. text {too_long[0]} "
+                f"needs {lengths[too_long[0]]} positions (soft prompt included), the model has {usable}."
+            )
+        return first, last, bodies, mask_pos, lengths
+
     @_with_threads
     def _score(self, prompt_embeddings, texts, classes, top_k=0):
         token_ids = self._class_token_ids(classes)
         texts = self._fit_to_context(texts, prompt_embeddings.shape[1])
         handle = self._get_handle()
         readout = _TopReadout(handle.readout(), top_k) if top_k else handle.readout()
-        tok = handle.tokenizer
-        first, last = self._specials(handle)
         n_prompts, n_tokens, dim = prompt_embeddings.shape
-        lefts = [self._left_template.replace("{text}", t).rstrip() for t in texts]
-        rights = [self._right_template.replace("{text}", t) for t in texts]
-        left_ids = handle.encode_batch(lefts)
-        right_ids = handle.encode_batch(rights)
-        bodies = [li + [tok.mask_token_id] + ri for li, ri in zip(left_ids, right_ids)]
-        mask_pos = np.array([len(first) + n_tokens + len(li) for li in left_ids])
-        lengths = np.array([len(first) + n_tokens + len(b) + len(last) for b in bodies])
-        limit = getattr(handle.model.config, "max_position_embeddings", None)
-        if limit:
-            # RoBERTa-style position ids start after the padding index.
-            usable = limit - (getattr(handle.model.config, "pad_token_id", 0) + 1
-                              if handle.model.config.model_type in ("roberta", "xlm-roberta", "camembert") else 0)
-            too_long = np.flatnonzero(lengths > usable)
-            if too_long.size:
-                raise BackendError(
-                    f"{too_long.size} text(s) are too long for {self._model_name()!r}: e.g. text {too_long[0]} "
-                    f"needs {lengths[too_long[0]]} positions (soft prompt included), the model has {usable}."
-                )
+        first, last, bodies, mask_pos, lengths = self._masked_inputs(handle, texts, n_tokens)
         out = np.empty((n_prompts, len(texts), len(token_ids) + 2 * top_k), dtype=np.float32)
         order = np.argsort(lengths, kind="stable")
         with torch.inference_mode():
@@ -2171,38 +2178,12 @@ class MaskedLMBackend(_HFBackend):
             numbers as :meth:`score` (up to float rounding), differentiable
             with respect to ``prompts`` (a full forward with grad per pair).
         """
-        if not isinstance(prompts, torch.Tensor) or prompts.ndim != 3 or prompts.shape[2] != self.embedding_dim:
-            raise BackendError("prompts must be a torch.Tensor of shape (n_prompts, n_prompt_tokens, "
-                               f"{self.embedding_dim}); got {getattr(prompts, 'shape', type(prompts).__name__)}.")
-        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-            raise BackendError("texts must be a sequence of str.")
-        texts, classes = list(texts), list(classes)
-        token_ids = self._class_token_ids(classes)
-        texts = self._fit_to_context(texts, prompts.shape[1])
-        handle = self._get_handle()
-        readout = handle.readout()
-        tok = handle.tokenizer
-        first, last = self._specials(handle)
-        prompts = prompts.to(handle.device, handle.dtype)
+        prompts, texts, token_ids, handle, readout = self._torch_inputs(prompts, texts, classes)
         n_prompts, n_tokens, dim = prompts.shape
         n_texts = len(texts)
         if n_prompts == 0 or n_texts == 0:
             return prompts.new_zeros((n_prompts, n_texts, len(token_ids)), dtype=torch.float64)
-        left_ids = handle.encode_batch([self._left_template.replace("{text}", t).rstrip() for t in texts])
-        right_ids = handle.encode_batch([self._right_template.replace("{text}", t) for t in texts])
-        bodies = [li + [tok.mask_token_id] + ri for li, ri in zip(left_ids, right_ids)]
-        mask_pos = np.array([len(first) + n_tokens + len(li) for li in left_ids])
-        lengths = np.array([len(first) + n_tokens + len(b) + len(last) for b in bodies])
-        limit = getattr(handle.model.config, "max_position_embeddings", None)
-        if limit:  # as in _score
-            usable = limit - (getattr(handle.model.config, "pad_token_id", 0) + 1
-                              if handle.model.config.model_type in ("roberta", "xlm-roberta", "camembert") else 0)
-            too_long = np.flatnonzero(lengths > usable)
-            if too_long.size:
-                raise BackendError(
-                    f"{too_long.size} text(s) are too long for {self._model_name()!r}: e.g. text {too_long[0]} "
-                    f"needs {lengths[too_long[0]]} positions (soft prompt included), the model has {usable}."
-                )
+        first, last, bodies, mask_pos, lengths = self._masked_inputs(handle, texts, n_tokens)
         order = np.argsort(lengths, kind="stable")
         first_emb = handle.embed(first) if first else None
         last_emb = handle.embed(last) if last else None
