@@ -8,7 +8,9 @@
   the class is read at the mask.
 
 Both read the logits of the verbalizer tokens only (a handful of rows of the
-output embedding), never the full-vocabulary projection, and score many
+output embedding), not the full-vocabulary projection (unless the top tokens
+are asked for: ``score(..., top_k=k)``, one product at the answer position
+of each pair), and score many
 (prompt, text) pairs per forward pass, padded so that the padding never
 changes a score. The causal backend scores all of a text's prompts in one
 row against one copy of its cache where the model allows it.
