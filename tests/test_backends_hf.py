@@ -515,7 +515,7 @@ def test_pickle_loads_from_path_in_a_fresh_process(llama, monkeypatch):
     prompts = random_prompts(llama, 2, 3)
     expected = llama.score(prompts, TEXTS, CLASSES)
     data = pickle.dumps(llama)
-    monkeypatch.setattr(hf, "_LOADED", {})
+    monkeypatch.setattr(hf._loading, "_LOADED", {})
     restored = pickle.loads(data)
     np.testing.assert_allclose(restored.score(prompts, TEXTS, CLASSES), expected, atol=1e-6)
     assert restored.model is not llama.model
@@ -699,7 +699,7 @@ def test_streaming_returns_freed_memory_between_chunks(tiny_llama_dir, monkeypat
     # the previous chunks' freed memory back (docs/performance.md); fitting
     # (texts kept) never does.
     calls = []
-    monkeypatch.setattr(hf, "_trim_heap", lambda: calls.append(1))
+    monkeypatch.setattr(hf.causal, "_trim_heap", lambda: calls.append(1))
     backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0,
                               batch_size=2)
     prompts = random_prompts(backend, 3, 2, seed=8)
@@ -962,7 +962,7 @@ def test_block_rows_are_capped_in_balanced_chunks(tiny_llama_dir, monkeypatch):
         lambda module, args, kwargs: shapes.append(tuple(kwargs["inputs_embeds"].shape[:2])), with_kwargs=True)
     try:
         n_suffix = 2 + len(backend._tail(handle))
-        monkeypatch.setattr(hf, "_BLOCK_QUERIES", 3 * n_suffix)  # at most 3 prompts per row
+        monkeypatch.setattr(hf.causal, "_BLOCK_QUERIES", 3 * n_suffix)  # at most 3 prompts per row
         capped = backend.score(prompts, TEXTS, CLASSES)
     finally:
         hook.remove()
@@ -994,7 +994,7 @@ def test_block_rows_fall_back_when_the_check_fails(tiny_llama_dir, monkeypatch):
 # ------------------------------------------------------------ dtype="auto"
 @pytest.mark.parametrize("fast", [True, False])
 def test_dtype_auto_follows_the_hardware(tiny_llama_dir, monkeypatch, fast):
-    monkeypatch.setattr(hf, "fast_bf16", lambda device: fast)
+    monkeypatch.setattr(hf._loading, "fast_bf16", lambda device: fast)
     auto = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, dtype="auto")
     assert auto.get_params()["dtype"] == "auto"  # kept as asked: it is chosen again where it is loaded
     assert auto.compute_dtype == ("bfloat16" if fast else "float32")
@@ -1012,11 +1012,11 @@ def test_dtype_auto_follows_the_hardware(tiny_llama_dir, monkeypatch, fast):
 
 
 def test_dtype_auto_is_chosen_again_after_unpickling(tiny_llama_dir, monkeypatch):
-    monkeypatch.setattr(hf, "fast_bf16", lambda device: True)
+    monkeypatch.setattr(hf._loading, "fast_bf16", lambda device: True)
     backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, dtype="auto")
     assert backend.compute_dtype == "bfloat16"
     blob = pickle.dumps(backend)
-    monkeypatch.setattr(hf, "fast_bf16", lambda device: False)  # loaded on a machine without AMX
+    monkeypatch.setattr(hf._loading, "fast_bf16", lambda device: False)  # loaded on a machine without AMX
     assert pickle.loads(blob).compute_dtype == "float32"
 
 

@@ -113,7 +113,7 @@ def test_chunked_statistics_match_a_direct_computation(tiny_gemma_dir, monkeypat
         return real_forward(self, ids)
 
     monkeypatch.setattr(type(layer), "forward", counting)
-    monkeypatch.setattr(hf, "_STATS_CHUNK_ELEMENTS", 37 * dim)
+    monkeypatch.setattr(hf._handle, "_STATS_CHUNK_ELEMENTS", 37 * dim)
     mean, std = hf._embedding_stats(layer)
     assert len(calls) == 2 * math.ceil(vocab / 37)
     np.testing.assert_allclose(mean, whole[0], rtol=1e-12, atol=1e-14)

@@ -38,16 +38,16 @@ def bench_scoring():
 def test_scoring_benchmark_scores_on_the_threads_it_reports(bench_scoring, tiny_llama_dir, monkeypatch, capsys):
     # The backend sets torch's threads for its own calls (default: every CPU);
     # --threads 1 must reach it, or the "1 thread" figures run on all cores.
-    from skprompt.backends import huggingface
+    from skprompt.backends.huggingface import _base
 
     seen = []
-    set_threads = huggingface._torch_threads
+    set_threads = _base._torch_threads
 
     def recording(n):
         seen.append(n)
         return set_threads(n)
 
-    monkeypatch.setattr(huggingface, "_torch_threads", recording)
+    monkeypatch.setattr(_base, "_torch_threads", recording)
     monkeypatch.setenv("OMP_NUM_THREADS", "2")  # what a default backend would take
     bench_scoring.main(["--model", tiny_llama_dir, "--n-prompts", "2", "--repeats", "1", "--no-naive",
                         "--no-limit", "--no-dtypes", "--threads", "1"], texts=TEXTS)

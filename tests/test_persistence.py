@@ -362,3 +362,33 @@ def test_a_pipeline_needs_no_other_type(toy_saved):
     assert set(sio.get_untrusted_types(data=data)) <= set(skops_trusted_types() + user_types)
     restored = sio.loads(data, trusted=skops_trusted_types() + user_types)
     np.testing.assert_array_equal(restored.predict_proba(X_new), toy_saved["expected"]["bbt"])
+
+
+# ------------------------------------------- files saved before a refactoring
+SAVED_BEFORE = Path(__file__).parent / "data" / "saved_before_package"
+
+
+@pytest.mark.parametrize("fmt", ["pkl", "skops"])
+@pytest.mark.parametrize("name", ["llama-bbt", "bert-bbt"])
+def test_files_saved_before_the_transformers_package_load_and_predict_the_same(name, fmt, tiny_llama_dir,
+                                                                                 tiny_bert_dir):
+    """Saved by commit dd1e400, when ``skprompt.backends.huggingface`` was one
+    module (tests/data/saved_before_package): the classes are found where the
+    files name them, and the estimators predict what they predicted then
+    (the tiny models are rebuilt from fixed seeds; the files name the
+    directory of the session that saved them, so the backend is pointed at
+    this session's)."""
+    path = SAVED_BEFORE / f"{name}.{fmt}"
+    if fmt == "pkl":
+        with open(path, "rb") as fh:
+            est = pickle.load(fh)
+    else:
+        import skops.io as sio
+
+        est = sio.load(path, trusted=skops_trusted_types())
+    from skprompt.backends import CausalLMBackend, MaskedLMBackend
+
+    assert isinstance(est.backend_, CausalLMBackend if name.startswith("llama") else MaskedLMBackend)
+    est.backend_.set_params(model=tiny_llama_dir if name.startswith("llama") else tiny_bert_dir)
+    expected = json.loads((SAVED_BEFORE / "expected.json").read_text())
+    np.testing.assert_allclose(est.predict_proba(expected["texts"]), expected["proba"][name], atol=1e-6)
