@@ -376,8 +376,8 @@ def test_files_saved_before_the_transformers_package_load_and_predict_the_same(n
     module (tests/data/saved_before_package): the classes are found where the
     files name them, and the estimators predict what they predicted then
     (the tiny models are rebuilt from fixed seeds; the files name the
-    directory of the session that saved them, so the backend is pointed at
-    this session's)."""
+    directory of the session that saved them, which is gone, so the backend
+    is rebuilt from its saved parameters on this session's directory)."""
     path = SAVED_BEFORE / f"{name}.{fmt}"
     if fmt == "pkl":
         with open(path, "rb") as fh:
@@ -389,6 +389,7 @@ def test_files_saved_before_the_transformers_package_load_and_predict_the_same(n
     from skprompt.backends import CausalLMBackend, MaskedLMBackend
 
     assert isinstance(est.backend_, CausalLMBackend if name.startswith("llama") else MaskedLMBackend)
-    est.backend_.set_params(model=tiny_llama_dir if name.startswith("llama") else tiny_bert_dir)
+    params = dict(est.backend_.get_params(), model=tiny_llama_dir if name.startswith("llama") else tiny_bert_dir)
+    est.backend_ = type(est.backend_)(**params)
     expected = json.loads((SAVED_BEFORE / "expected.json").read_text())
     np.testing.assert_allclose(est.predict_proba(expected["texts"]), expected["proba"][name], atol=1e-6)
