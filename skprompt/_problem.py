@@ -33,7 +33,7 @@ from joblib import Parallel, delayed, effective_n_jobs
 
 from .inference.base import BudgetExhausted
 from .losses import compute_loss
-from .readout import AUTO_CALIBRATIONS, apply_readout, choose_readout, fit_readout, fit_token_readout, identity_readout
+from .readout import apply_readout, choose_readout, fit_readout, fit_token_readout, identity_readout
 
 __all__ = ["PromptProblem"]
 
@@ -161,9 +161,9 @@ class PromptProblem:
         if missing:
             raw = train_outputs[missing] if train_outputs is not None else self.known_outputs(Z[missing], "train")
             if self.calibration == "auto":  # chosen once, on the first scores, so every candidate uses one family
-                kinds = AUTO_CALIBRATIONS if self.top_k else tuple(k for k in AUTO_CALIBRATIONS if k != "topk")
+                # (choose_readout leaves "topk" out of answers without top tokens)
                 self.calibration, self.calibration_report = choose_readout(
-                    raw, self.y("train"), kinds=kinds, n_classes=self.n_classes, **self._l2())
+                    raw, self.y("train"), n_classes=self.n_classes, **self._l2())
             weight = None
             if sample_weight is not None:
                 weight = np.broadcast_to(np.asarray(sample_weight, dtype=np.float64),

@@ -518,10 +518,11 @@ class BlackBoxPromptClassifier(PromptEstimator):
         backend.check_classes(list(classes))
         rng = check_random_state(self.random_state)
         projection = self._projection(backend, plan, rng)
+        y_idx = np.searchsorted(classes, y)
         if plan.zero_shot:  # nothing is selected: a read-out learns from every text
-            splits = {"train": (texts, np.searchsorted(classes, y))}
+            splits = {"train": (texts, y_idx)}
         else:
-            splits = validation_split(texts, np.searchsorted(classes, y), self.validation_fraction, rng)
+            splits = validation_split(texts, y_idx, self.validation_fraction, rng)
         problem = PromptProblem(backend, projection, classes, splits, plan.loss, plan.labels_only,
                                 budget=self.budget, n_jobs=self.n_jobs, calibration=plan.calibration,
                                 top_k=self._top_k(plan.calibration, backend))

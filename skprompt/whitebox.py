@@ -376,15 +376,15 @@ class _Trainer:
 
     def __init__(self, est, backend, classes, splits, rng, projection=None):
         self.est = est
-        self.projection = projection
-        if projection is not None:  # the prompt as a differentiable function of z
-            self.matrix = torch.as_tensor(projection.matrix, device=backend._get_handle().device)
-            self.offset = torch.as_tensor(projection.offset, device=backend._get_handle().device)
         self.backend = backend
         self.classes = classes
         self.splits = splits
         self.rng = rng
         self.device = backend._get_handle().device
+        self.projection = projection
+        if projection is not None:  # the prompt as a differentiable function of z
+            self.matrix = torch.as_tensor(projection.matrix, device=self.device)
+            self.offset = torch.as_tensor(projection.offset, device=self.device)
         # Texts per forward (one prompt): the backend's micro-batch size.
         self.chunk = int(backend.batch_size)
         self.n_queries = 0

@@ -583,10 +583,8 @@ class _HFBackend(_TokenizedBackend):
                                f"{self.embedding_dim}); got {getattr(prompts, 'shape', type(prompts).__name__)}.")
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise BackendError("texts must be a sequence of str.")
-        token_ids = self._class_token_ids(list(classes))
-        texts = self._fit_to_context(list(texts), prompts.shape[1])
-        handle = self._get_handle()
-        return prompts.to(handle.device, handle.dtype), texts, token_ids, handle, handle.readout()
+        token_ids, texts, handle, readout = self._score_inputs(prompts, list(texts), list(classes), 0)
+        return prompts.to(handle.device, handle.dtype), texts, token_ids, handle, readout
 
     def _model_name(self):
         if self.model_path:
