@@ -136,8 +136,8 @@ def _measure(backend, mode, texts, labels, fit_idx, new, n_prompts, seed, start,
         clf = BlackBoxPromptClassifier(backend, method="ensemble", n_prompts=n_prompts, popsize=4, max_iter=1,
                                        validation_fraction=None, calibration=None, random_state=seed)
         clf.fit([texts[i] for i in fit_idx], labels[fit_idx])
-    fitted_entries = len(backend._text_cache)
-    fitted_heads = set(backend._text_cache)
+    fitted_entries = len(backend._texts.entries)
+    fitted_heads = set(backend._texts.entries)
     limit_rate = bench_scoring.square_gemm_rate()
     baseline = rss_mb()
     t0, c0 = time.perf_counter(), time.process_time()
@@ -150,7 +150,7 @@ def _measure(backend, mode, texts, labels, fit_idx, new, n_prompts, seed, start,
     handle = backend._get_handle()
     per_token = bench_scoring.flops_per_token(handle.model)
     n_tokens = clf.prompt_embeddings_.shape[1]
-    n_tail = len(backend._tail(handle))
+    n_tail = len(backend._layout.tail_ids(handle))
     n_suffix = max(n_tokens, n_tail) if backend.prompt_position == "tail" else n_tokens + n_tail
     head_t = TEMPLATE.split("{text}")[0]
     heads = [len(ids) for ids in handle.tokenizer([head_t + t for t in new])["input_ids"]]
@@ -159,8 +159,8 @@ def _measure(backend, mode, texts, labels, fit_idx, new, n_prompts, seed, start,
         "mode": mode, "n_texts": len(new), "n_prompts": int(len(clf.prompt_embeddings_)),
         "rss_start_mb": start, "rss_model_mb": loaded, "rss_fitted_mb": baseline,
         "peak_growth_mb": sampler.peak - baseline, "end_growth_mb": end - baseline,
-        "cache_entries_after": len(backend._text_cache), "cache_entries_fit": fitted_entries,
-        "fit_texts_kept": len(fitted_heads & set(backend._text_cache)),
+        "cache_entries_after": len(backend._texts.entries), "cache_entries_fit": fitted_entries,
+        "fit_texts_kept": len(fitted_heads & set(backend._texts.entries)),
         "seconds": wall, "cpu_seconds": cpu, "texts_per_s": len(new) / wall, "texts_per_cpu_s": len(new) / cpu,
         "gflop_per_text": flops / len(new) / 1e9, "limit_gflops": limit_rate / 1e9,
         "fraction_of_limit": flops / cpu / limit_rate, "proba_sum_ok": bool(np.allclose(proba.sum(1), 1)),

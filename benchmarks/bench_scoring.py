@@ -420,7 +420,7 @@ def run_layout(path, layout, texts, args, out=print, limit_rate=None, model_name
     n_tokens = args.n_tokens
     if n_tokens is None:
         n_tokens = backend.default_prompt_length or 5
-    n_tail = len(backend._tail(backend._get_handle()))
+    n_tail = len(backend._layout.tail_ids(backend._get_handle()))
     n_suffix = max(n_tokens, n_tail) if layout == "tail" else n_tokens + n_tail
     heads = head_lengths(backend, texts)
     out(f"\n== prompt_position={layout!r}: {model_name} ({backend.dtype}), template {TEMPLATE!r}, "
@@ -552,7 +552,7 @@ def dtype_compare(path, texts, n_prompts, n_tokens, repeats, seed, layout="tail"
     n_pairs = n_prompts * len(texts)
     a, b16 = np.concatenate(scores["float32"]), np.concatenate(scores["bfloat16"])
     agree = float(np.mean(a.argmax(-1) == b16.argmax(-1)))
-    n_tail = len(ref._tail(ref._get_handle()))
+    n_tail = len(ref._layout.tail_ids(ref._get_handle()))
     n_suffix = max(n_tokens, n_tail) if layout == "tail" else n_tokens + n_tail
     shapes = _linear_shapes(ref.model)
     rows = steady_rows(ref, n_pairs, len(texts), n_suffix)

@@ -182,7 +182,7 @@ def _convert(source_dir, target, gguf_filename=GGUF_FILENAME, extra_info=None):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .backends.huggingface import _dtype_kwarg
+    from .backends.huggingface._loading import _dtype_kwarg
 
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(str(source_dir), gguf_file=gguf_filename)

@@ -152,7 +152,7 @@ def test_tail_layout_replaces_the_tail_and_starts_at_zero_shot(tiny_llama_dir, n
         for p in range(2):
             for j, text in enumerate(TEXTS):
                 head = tail.tokenizer(head_t + text)["input_ids"]
-                fixed = tail._tail_ids[: max(n_tail - n_tokens, 0)]
+                fixed = tail._layout.tail_ids(tail._get_handle())[: max(n_tail - n_tokens, 0)]
                 x = torch.cat([emb(torch.tensor(head + fixed, dtype=torch.long)), torch.as_tensor(prompts[p])])[None]
                 logits = tail.model(inputs_embeds=x).logits[0, -1]
                 expected[p, j] = torch.log_softmax(logits[ids].double(), -1).numpy()
@@ -218,8 +218,8 @@ def test_full_head_fallback_gives_same_scores(tiny_llama_dir):
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     fast = CausalLMBackend(model, tok, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0, prompt_position="suffix")
     slow = CausalLMBackend(model, tok, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0, prompt_position="suffix")
-    slow._handle = hf._ModelHandle(model, tok, "causal")
-    slow._handle._readout = hf._Readout(False)  # as for an unrecognised output head
+    slow._handle = hf._handle._ModelHandle(model, tok, "causal")
+    slow._handle._readout = hf._handle._Readout(False)  # as for an unrecognised output head
     prompts = random_prompts(fast, 2, 3)
     np.testing.assert_allclose(slow.score(prompts, TEXTS, CLASSES), fast.score(prompts, TEXTS, CLASSES), atol=TOL)
 
@@ -235,8 +235,8 @@ def test_top_k_are_the_model_s_largest_log_probabilities(tiny_llama_dir, positio
     backend = CausalLMBackend(model, tok, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER,
                               prompt_position=position)
     if not fast:  # as for an unrecognised output head: the model's own logits
-        backend._handle = hf._ModelHandle(model, tok, "causal")
-        backend._handle._readout = hf._Readout(False)
+        backend._handle = hf._handle._ModelHandle(model, tok, "causal")
+        backend._handle._readout = hf._handle._Readout(False)
     assert backend.max_top_k == model.config.vocab_size
     prompts = random_prompts(backend, 2, 3)
     k = 7
@@ -308,7 +308,7 @@ def test_text_cache_respects_memory_bound(tiny_llama_dir):
     probe = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0, prompt_position="suffix")
     prompts = random_prompts(probe, 2, 2)
     expected = probe.score(prompts, TEXTS, CLASSES)
-    sizes = [e.nbytes for e in probe._text_cache.values()]
+    sizes = [e.nbytes for e in probe._texts.entries.values()]
     bound_mb = (sorted(sizes)[0] + sorted(sizes)[1]) / 2**20  # room for two small texts at most
     backend = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0,
                               text_cache_mb=bound_mb, batch_size=2, prompt_position="suffix")
@@ -361,7 +361,7 @@ def test_concurrent_calls_encode_each_text_once(tiny_llama_dir):
         solo.score(prompt_sets[0], TEXTS + texts, CLASSES)
         assert backend.text_cache_info()["head_forwards"] - before == solo.text_cache_info()["head_forwards"]
         assert backend.text_cache_info()["entries"] == len(TEXTS) + len(texts)
-        assert not backend._text_store.pending
+        assert not backend._texts.store.pending
         for a, b in zip(expected, parallel):
             np.testing.assert_allclose(b[:, :len(TEXTS)], a, atol=TOL)
 
@@ -465,7 +465,7 @@ def test_template_and_option_errors(tiny_llama_dir):
         CausalLMBackend(object(), prompt_position="suffix")
     # Braces other than {text} are literal.
     backend = CausalLMBackend(tiny_llama_dir, template="{x} Review: {text}\nSentiment:", verbalizer=VERBALIZER, prompt_position="suffix")
-    assert backend._head_template == "{x} Review: "
+    assert backend._layout.head == "{x} Review: "
 
 
 def test_prompt_shape_is_validated(llama):
@@ -539,7 +539,7 @@ def test_pickle_of_in_memory_model_carries_weights(causal_tokenizer):
     assert len(data) > 4 * sum(p.numel() for p in model.parameters())
     same_process = pickle.loads(data)
     assert same_process.model is model  # found in the per-process registry
-    hf._OBJECTS.pop(backend._object_key)  # as in another process
+    hf._loading._OBJECTS.pop(backend._object_key)  # as in another process
     elsewhere = pickle.loads(data)
     assert elsewhere.model is not model
     np.testing.assert_allclose(elsewhere.score(prompts, TEXTS, CLASSES), expected, atol=1e-6)
@@ -666,7 +666,7 @@ def test_stream_texts_scores_without_touching_the_text_cache(tiny_llama_dir, pos
     reference = CausalLMBackend(tiny_llama_dir, text_cache_mb=0, **kw)
     train = TEXTS[:3]
     backend.score(random_prompts(backend, 2, 2, seed=7), train, CLASSES)  # "fitting": fills the cache
-    before = list(backend._text_cache.items())
+    before = list(backend._texts.entries.items())
     assert sorted(h for h, _ in before) == sorted(CAUSAL_TEMPLATE.split("{text}")[0] + t for t in train)
     info = backend.text_cache_info()
 
@@ -679,8 +679,8 @@ def test_stream_texts_scores_without_touching_the_text_cache(tiny_llama_dir, pos
     assert_nontrivial(expected)
     np.testing.assert_allclose(streamed, expected, atol=TOL)
     # the training texts' cache is untouched: same entries (the very objects), same LRU order, same size
-    assert list(backend._text_cache.items()) == before
-    assert all(a is b for (_, a), (_, b) in zip(backend._text_cache.items(), before))
+    assert list(backend._texts.entries.items()) == before
+    assert all(a is b for (_, a), (_, b) in zip(backend._texts.entries.items(), before))
     after = backend.text_cache_info()
     assert after["entries"] == info["entries"] and after["size_mb"] == info["size_mb"]
     assert after["hits"] == info["hits"] + 1 and after["misses"] == info["misses"] + len(NEW_TEXTS)
@@ -709,9 +709,9 @@ def test_streaming_returns_freed_memory_between_chunks(tiny_llama_dir, monkeypat
     with backend.stream_texts():
         backend.score(prompts, NEW_TEXTS, CLASSES)
     assert len(calls) == len(NEW_TEXTS) - 1  # batch_size 2, 3 prompts: one text a chunk
-    hf._malloc_trim.cache_clear()
+    hf._threads._malloc_trim.cache_clear()
     monkeypatch.undo()
-    hf._trim_heap()  # the real one runs (glibc) or does nothing, without error
+    hf._threads._trim_heap()  # the real one runs (glibc) or does nothing, without error
 
 
 def test_stream_texts_one_prompt_matches_the_naive_forward(tiny_llama_dir):
@@ -733,15 +733,15 @@ def test_predict_proba_streams_new_texts(tiny_llama_dir, monkeypatch):
     y = np.array(["fresh", "rotten"] * 6)
     clf = BlackBoxPromptClassifier(backend, method="ensemble", n_prompts=2, n_prompt_tokens=2, intrinsic_dim=4,
                                    popsize=4, max_iter=1, validation_fraction=None, random_state=0).fit(X, y)
-    cached = list(clf.backend_._text_cache.items())
+    cached = list(clf.backend_._texts.entries.items())
     assert len(cached) == len(TEXTS)
     proba = clf.predict_proba(NEW_TEXTS)
-    assert list(clf.backend_._text_cache.items()) == cached  # the fit's text cache is untouched
+    assert list(clf.backend_._texts.entries.items()) == cached  # the fit's text cache is untouched
     # the same probabilities as the old path, which fills the cache
     monkeypatch.setattr(CausalLMBackend, "stream_texts", None)
     clf.backend_.clear_cache()
     np.testing.assert_allclose(clf.predict_proba(NEW_TEXTS), proba, atol=1e-6)
-    assert len(clf.backend_._text_cache) == len(TEXTS) + len(NEW_TEXTS)
+    assert len(clf.backend_._texts.entries) == len(TEXTS) + len(NEW_TEXTS)
 
 
 # ------------------------------------------------------------ threads (#12, item 5)
@@ -961,7 +961,7 @@ def test_block_rows_are_capped_in_balanced_chunks(tiny_llama_dir, monkeypatch):
     hook = backend.model.base_model.register_forward_pre_hook(
         lambda module, args, kwargs: shapes.append(tuple(kwargs["inputs_embeds"].shape[:2])), with_kwargs=True)
     try:
-        n_suffix = 2 + len(backend._tail(handle))
+        n_suffix = 2 + len(backend._layout.tail_ids(handle))
         monkeypatch.setattr(hf.causal, "_BLOCK_QUERIES", 3 * n_suffix)  # at most 3 prompts per row
         capped = backend.score(prompts, TEXTS, CLASSES)
     finally:

@@ -25,7 +25,7 @@ if not hasattr(transformers, "Gemma3ForCausalLM"):  # Gemma 3 arrived in transfo
 from conftest import CAUSAL_TEMPLATE, TEXTS, VERBALIZER, _save  # noqa: E402
 
 from skprompt.backends import CausalLMBackend  # noqa: E402
-from skprompt.backends import huggingface as hf  # noqa: E402
+from skprompt.backends import _tokenized  # noqa: E402
 
 CLASSES = ["fresh", "rotten"]
 TOL = 1e-4
@@ -104,7 +104,7 @@ def test_chunked_statistics_match_a_direct_computation(tiny_gemma_dir, monkeypat
     backend = _backend(tiny_gemma_dir)
     layer = backend.model.get_input_embeddings()
     vocab, dim = layer.weight.shape
-    whole = hf._embedding_stats(layer)
+    whole = _tokenized._embedding_stats(layer)
     calls = []
     real_forward = type(layer).forward
 
@@ -113,8 +113,8 @@ def test_chunked_statistics_match_a_direct_computation(tiny_gemma_dir, monkeypat
         return real_forward(self, ids)
 
     monkeypatch.setattr(type(layer), "forward", counting)
-    monkeypatch.setattr(hf._handle, "_STATS_CHUNK_ELEMENTS", 37 * dim)
-    mean, std = hf._embedding_stats(layer)
+    monkeypatch.setattr(_tokenized, "_STATS_CHUNK_ELEMENTS", 37 * dim)
+    mean, std = _tokenized._embedding_stats(layer)
     assert len(calls) == 2 * math.ceil(vocab / 37)
     np.testing.assert_allclose(mean, whole[0], rtol=1e-12, atol=1e-14)
     assert std == pytest.approx(whole[1], rel=1e-12)

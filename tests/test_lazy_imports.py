@@ -79,3 +79,22 @@ def test_unknown_names_still_raise_attribute_error(module):
     with pytest.raises(AttributeError, match="no attribute 'NoSuchThing'"):
         module.NoSuchThing
     assert not hasattr(module, "NoSuchThing")
+
+
+def test_the_served_model_client_stands_beside_the_local_backends_not_above_them():
+    # VLLMBackend builds its inputs from the shared tokenizer layer
+    # (backends/_tokenized.py), as CausalLMBackend does: importing it must not
+    # import the transformers backends, and it borrows none of their methods.
+    out = run_clean(
+        """
+        import sys
+        from skprompt.backends import VLLMBackend
+        from skprompt.backends._tokenized import _CausalInputs
+        assert issubclass(VLLMBackend, _CausalInputs)
+        defined = {name: getattr(value, "fget", value) for name, value in vars(VLLMBackend).items()}
+        borrowed = [name for name, f in defined.items()
+                    if getattr(f, "__module__", VLLMBackend.__module__) != VLLMBackend.__module__]
+        print(sorted(m for m in sys.modules if m.startswith("skprompt.backends.huggingface")), borrowed)
+        """
+    )
+    assert out.strip() == "[] []"

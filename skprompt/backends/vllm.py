@@ -28,8 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from ._tokenized import (_CausalInputs, _check_choice, _check_non_negative_int, _check_positive_int,
+                         _TokenizedBackend, _TokenizerHandle)
 from .base import BackendError, PromptBackend, TransientBackendError, call_with_retries
-from .huggingface import TRUNCATION, CausalLMBackend, _check_placeholder, _ModelHandle, _TokenizedBackend
 
 __all__ = ["VLLMBackend", "API_KEY_ENV"]
 
@@ -48,16 +49,14 @@ _SCALED_EMBEDDINGS = ("gemma", "gemma2", "gemma3", "gemma3_text")
 _RETRY_STATUS = {429} | set(range(500, 600))
 
 
-class _ClientHandle(_ModelHandle):
+class _ClientHandle(_TokenizerHandle):
     """The client's half of a served model: its tokenizer and input-embedding
     table, read from a local model directory (the table alone, from the
     safetensors files, never the whole model)."""
 
-    def __init__(self, model_dir):  # noqa: super().__init__ needs a model; this has none
+    def __init__(self, model_dir):
         from transformers import AutoConfig, AutoTokenizer
 
-        self.model = None
-        self.kind = "causal"
         self.config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         table = _load_embedding_table(model_dir)
@@ -66,20 +65,8 @@ class _ClientHandle(_ModelHandle):
             # As Gemma's embedding layer does: the scale in the table's dtype.
             scale = torch.tensor(float(text_config.hidden_size) ** 0.5, dtype=table.dtype)
             table = table * scale
-        self.table = table.float()
-        self.input_embeddings = torch.nn.Embedding.from_pretrained(self.table, freeze=True)
-        self.device = torch.device("cpu")
-        self.dtype = torch.float32
-        self.lock = threading.Lock()
-        self.tokenizer_lock = threading.Lock()
-        self._stats = None
-        self._special_prefix = None
-
-    def embed(self, ids):
-        return self.table[torch.as_tensor(ids, dtype=torch.long)]
-
-    def readout(self):  # pragma: no cover - the server reads out
-        raise NotImplementedError
+        self.input_embeddings = torch.nn.Embedding.from_pretrained(table.float(), freeze=True)
+        self._init_tokenizer_state()
 
 
 def _load_embedding_table(model_dir):
@@ -117,7 +104,7 @@ def _encode_embeds(tensor):
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-class VLLMBackend(_TokenizedBackend):
+class VLLMBackend(_CausalInputs, _TokenizedBackend):
     """A causal language model served by vLLM, over its OpenAI-compatible API.
 
     Soft prompts are sent as input embeddings (vLLM's ``prompt_embeds``; the
@@ -220,19 +207,11 @@ class VLLMBackend(_TokenizedBackend):
                 os.path.join(os.fspath(model_dir), "config.json")):
             raise ValueError(f"model_dir must be a local model directory (holding config.json, the tokenizer and "
                              f"the safetensors weights of the served model); got {model_dir!r}.")
-        _check_placeholder(template, "text")
-        if prompt_position not in ("suffix", "tail", "prefix"):
-            raise ValueError(f"prompt_position must be 'suffix', 'tail' or 'prefix'; got {prompt_position!r}.")
-        if truncation not in TRUNCATION:
-            raise ValueError(f"truncation must be one of {list(TRUNCATION)}; got {truncation!r}.")
-        if unknown_answer not in ("random", "error"):
-            raise ValueError(f"unknown_answer must be 'random' or 'error'; got {unknown_answer!r}.")
+        _check_choice("unknown_answer", unknown_answer, ("random", "error"))
         for name, value in (("pairs_per_request", pairs_per_request), ("max_concurrency", max_concurrency),
                             ("top_logprobs", top_logprobs)):
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int; got {value!r}.")
-        if not isinstance(max_retries, numbers.Integral) or isinstance(max_retries, bool) or max_retries < 0:
-            raise ValueError(f"max_retries must be a non-negative int; got {max_retries!r}.")
+            _check_positive_int(name, value)
+        _check_non_negative_int("max_retries", max_retries)
         for name, value in (("timeout", timeout), ("retry_backoff", retry_backoff)):
             if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a non-negative number of seconds; got {value!r}.")
@@ -240,15 +219,11 @@ class VLLMBackend(_TokenizedBackend):
             raise ValueError("api_key must be a non-empty str or None (then it is read from api_key_env).")
         if not isinstance(api_key_env, str) or not api_key_env:
             raise ValueError(f"api_key_env must be the name of an environment variable; got {api_key_env!r}.")
-        if not isinstance(cache_size, numbers.Integral) or isinstance(cache_size, bool) or cache_size < 0:
-            raise ValueError(f"cache_size must be a non-negative int; got {cache_size!r}.")
-        super().__init__(cache_size=cache_size, cache=cache)
+        super().__init__(prompt_position=prompt_position, template=template, verbalizer=verbalizer,
+                         truncation=truncation, cache_size=cache_size, cache=cache)
         self.base_url = base_url.rstrip("/")
         self.model_dir = os.fspath(model_dir)
         self.served_model = served_model
-        self.template = template
-        self.verbalizer = self._check_verbalizer(verbalizer)
-        self.prompt_position = prompt_position
         self.labels_only = bool(labels_only)
         self.restrict_answers = bool(restrict_answers)
         self.unknown_answer = unknown_answer
@@ -261,10 +236,7 @@ class VLLMBackend(_TokenizedBackend):
         self.max_retries = int(max_retries)
         self.retry_backoff = float(retry_backoff)
         self.top_logprobs = int(top_logprobs)
-        self.truncation = truncation
         self.batch_size = self.pairs_per_request
-        head, tail = template.split("{text}")
-        self._head_template, self._tail_text = head, tail
         self._handle = None
         self._get_handle()  # a bad model directory fails here, not mid-fit
         if self.verbalizer is not None:
@@ -277,7 +249,6 @@ class VLLMBackend(_TokenizedBackend):
         super()._init_runtime_state()
         self._client = None
         self._server = None  # {"model": name, "max_model_len": int}, after the key check
-        self._tail_ids = None
 
     def _get_handle(self):
         if self._handle is None:
@@ -293,7 +264,7 @@ class VLLMBackend(_TokenizedBackend):
 
     def __getstate__(self):
         state = super().__getstate__()
-        for key in ("_handle", "_client", "_server", "_api_key", "_tail_ids"):
+        for key in ("_handle", "_client", "_server", "_api_key"):
             state.pop(key, None)
         return state
 
@@ -310,7 +281,7 @@ class VLLMBackend(_TokenizedBackend):
 
     @property
     def embedding_dim(self):
-        return int(self._get_handle().table.shape[1])
+        return self._get_handle().embedding_dim
 
     def embedding_stats(self):
         return self._get_handle().embedding_stats()
@@ -339,13 +310,6 @@ class VLLMBackend(_TokenizedBackend):
     def compute_dtype(self):
         """None: the server computes in the dtype it was started with (vLLM's ``--dtype``)."""
         return None
-
-    # The inputs are CausalLMBackend's: its tail, untuned prompt and head
-    # tokenisation, run on this backend's client handle (tokenizer and table).
-    default_prompt_length = CausalLMBackend.default_prompt_length
-    initial_prompt = CausalLMBackend.initial_prompt
-    _tail = CausalLMBackend._tail
-    _head_ids = CausalLMBackend._head_ids
 
     def check_classes(self, classes):
         """Check the label words, and the server and its key (before any query of a fit)."""
@@ -420,24 +384,7 @@ class VLLMBackend(_TokenizedBackend):
             self._server = {"model": name, "max_model_len": int(models[name].get("max_model_len") or 2048)}
         return self._server
 
-    # ------------------------------------------------------------- inputs
-    def _pair_embeddings(self, prompts, texts):
-        """The input embeddings of every (prompt, text) pair, as CausalLMBackend lays them out."""
-        handle = self._get_handle()
-        n_prompt = prompts.shape[1]
-        tail = self._tail(handle)
-        if self.prompt_position == "prefix":
-            bodies = handle.encode_batch([self._head_template + t + self._tail_text for t in texts])
-            prefix = handle.special_prefix()
-            heads = [handle.embed(prefix + b) for b in bodies]
-            return lambda p, j: torch.cat([heads[j][: len(prefix)], prompts[p], heads[j][len(prefix):]])
-        heads = [handle.embed(ids) for ids in self._head_ids(handle, [self._head_template + t for t in texts])]
-        if self.prompt_position == "tail":  # the prompt replaces the tail's last tokens
-            kept = handle.embed(tail[: max(len(tail) - n_prompt, 0)])
-            return lambda p, j: torch.cat([heads[j], kept, prompts[p]])
-        after = handle.embed(tail)
-        return lambda p, j: torch.cat([heads[j], prompts[p], after])
-
+    # ------------------------------------------------------------- requests
     def _run_pairs(self, prompt_embeddings, texts, classes, answer):
         """``answer(the pairs' input embeddings, token ids, model name)`` per request
         over all pairs, ``max_concurrency`` requests at once; results in pair order."""
@@ -445,16 +392,13 @@ class VLLMBackend(_TokenizedBackend):
         server = self._server_info()
         texts = self._fit_to_context(texts, prompt_embeddings.shape[1])
         prompts = torch.from_numpy(np.ascontiguousarray(prompt_embeddings, dtype=np.float32))
-        build = self._pair_embeddings(prompts, texts)
-        n_prompts = prompts.shape[0]
-        pairs = [(p, j) for j in range(len(texts)) for p in range(n_prompts)]
-        for p, j in pairs[:1]:
-            if build(p, j).shape[0] == 0:
-                raise BackendError("Nothing to score: an empty text with an empty template and no soft prompt.")
+        # The same inputs as CausalLMBackend's, laid out by the shared _CausalLayout.
+        _, build = self._layout.pair_inputs(self._get_handle(), prompts, texts)
+        pairs = [(p, j) for j in range(len(texts)) for p in range(prompts.shape[0])]
         chunks = [pairs[k:k + self.pairs_per_request] for k in range(0, len(pairs), self.pairs_per_request)]
 
         def job(chunk):
-            return answer([build(p, j) for p, j in chunk], token_ids, server["model"])
+            return answer(build([(j, p) for p, j in chunk]), token_ids, server["model"])
 
         if len(chunks) == 1 or self.max_concurrency == 1:
             results = [job(c) for c in chunks]

@@ -28,16 +28,17 @@ worker process and never copy them.
 The package, one responsibility per module (read top-down):
 ``_loading`` (the registry, dtype and device), ``_threads`` (torch's
 threads, heap trimming), ``_handle`` (the model handle and read-outs),
-``_batching``, ``_textcache``, ``_base`` (what both backends share),
-``causal``, ``masked``. Import the public names from here.
+``_batching``, ``_textcache`` (the per-text key/value caches), ``_base``
+(what both backends share), ``causal``, ``masked``; the tokenizer side
+(parameters, label words, context, the causal layout) is
+:mod:`skprompt.backends._tokenized`, shared with the served model. Import
+the public names from here.
 """
 
 from __future__ import annotations
 
-from ._base import TRUNCATION, _check_placeholder, _HFBackend, _TokenizedBackend
-from ._handle import _embedding_stats, _ModelHandle, _Readout, _TopReadout
-from ._loading import _OBJECTS, _dtype_kwarg, clear_model_cache, fast_bf16, load_pretrained
-from ._threads import _malloc_trim, _trim_heap, default_num_threads
+from ._loading import clear_model_cache, fast_bf16, load_pretrained
+from ._threads import default_num_threads
 from .causal import CausalLMBackend
 from .masked import MaskedLMBackend
 
@@ -45,4 +46,4 @@ from .masked import MaskedLMBackend
 # that files saved before the package existed and after it name the same thing.
 CausalLMBackend.__module__ = MaskedLMBackend.__module__ = __name__
 
-__all__ = ["CausalLMBackend", "MaskedLMBackend", "load_pretrained", "clear_model_cache", "default_num_threads"]
+__all__ = ["CausalLMBackend", "MaskedLMBackend", "load_pretrained", "clear_model_cache", "default_num_threads", "fast_bf16"]

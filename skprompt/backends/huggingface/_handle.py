@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import inspect
-import threading
 
-import numpy as np
 import torch
+
+from .._tokenized import _TokenizerHandle
 
 
 # --------------------------------------------------------------------------
@@ -43,7 +43,7 @@ def _new_cache(layers=None):
 # --------------------------------------------------------------------------
 
 
-class _ModelHandle:
+class _ModelHandle(_TokenizerHandle):
     """A model, its tokenizer and the facts derived from them once.
 
     Shared by every backend that uses the same model object.
@@ -55,19 +55,13 @@ class _ModelHandle:
         self.kind = kind
         model.eval()  # no dropout; scores must be deterministic
         self.input_embeddings = model.get_input_embeddings()
-        weight = self.input_embeddings.weight
-        self.device = weight.device
-        self.dtype = weight.dtype
+        self._init_tokenizer_state()
         self.base = model.base_model
         params = inspect.signature(self.base.forward).parameters
         self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
         # transformers < 4.50 left some models (e.g. GPT-2) on tuple caches.
         self.legacy_cache = getattr(model, "_supports_cache_class", True) is False
-        self.lock = threading.Lock()
-        self.tokenizer_lock = threading.Lock()  # fast tokenizers are not safe to share across threads
-        self._stats = None
         self._readout = None
-        self._special_prefix = None
         self.block_suffix = None  # pairs of a text in one row: None (unchecked), True, False
 
     def make_cache(self, layers):
@@ -76,93 +70,12 @@ class _ModelHandle:
             return tuple((k, v) for k, v in layers)
         return _new_cache(layers)
 
-    # -- embeddings -------------------------------------------------------
-    def embedding_stats(self):
-        """Mean vector and overall std of what :meth:`embed` gives over the whole vocabulary."""
-        with self.lock:
-            if self._stats is None:
-                self._stats = _embedding_stats(self.input_embeddings)
-        mean, std = self._stats
-        return mean.copy(), std
-
-    def embed(self, ids):
-        """Input embeddings of ``ids`` as the model itself computes them (the
-        input embedding layer's output, so scaled where the layer scales, as
-        Gemma's does): soft prompts are vectors of this space."""
-        ids = torch.as_tensor(ids, dtype=torch.long, device=self.device)
-        return self.input_embeddings(ids)
-
-    # -- tokenizer ----------------------------------------------------------
-    def encode(self, text, add_special_tokens=False):
-        with self.tokenizer_lock:
-            return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
-
-    def encode_batch(self, texts):
-        if not texts:
-            return []
-        with self.tokenizer_lock:
-            encoded = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-        return [list(ids) for ids in encoded]
-
-    def special_prefix(self):
-        """Special tokens the tokenizer puts before a text (e.g. BOS), as ids."""
-        with self.lock:
-            if self._special_prefix is None:
-                probe = "Hello world"
-                plain = self.encode(probe)
-                full = self.encode(probe, add_special_tokens=True)
-                prefix = []
-                for start in range(len(full) - len(plain) + 1):
-                    if full[start:start + len(plain)] == plain:
-                        prefix = full[:start]
-                        break
-                self._special_prefix = prefix
-        return list(self._special_prefix)
-
-    # -- readout --------------------------------------------------------------
     def readout(self):
         """How to read class logits; decided once by comparing with the model's own logits."""
         with self.lock:
             if self._readout is None:
                 self._readout = _causal_readout(self) if self.kind == "causal" else _masked_readout(self)
         return self._readout
-
-
-_STATS_CHUNK_ELEMENTS = 1 << 22
-
-
-def _embedding_stats(layer):
-    """(mean vector, std of all entries) of the input embedding layer's output over every id.
-
-    For a plain ``nn.Embedding`` that is its table. A layer that transforms
-    the rows -- Gemma's ``Gemma3TextScaledWordEmbedding`` multiplies them by
-    ``sqrt(hidden_size)`` (about 25 for Gemma 3 270M) -- is run on every id,
-    in chunks, so that the statistics describe what the model adds to its
-    residual stream for a real token, the space of ``embed``, of
-    ``initial_prompt`` and of the soft prompts (the raw table of such a model
-    is smaller by the scale). Computed in float64, two passes over chunks
-    of about ``_STATS_CHUNK_ELEMENTS`` entries.
-    """
-    weight = layer.weight
-    with torch.inference_mode():
-        if type(layer).forward is torch.nn.Embedding.forward:
-            table = weight.detach().to("cpu", torch.float64)
-            return table.mean(dim=0).numpy(), float(table.std(unbiased=False))
-        vocab, dim = weight.shape
-        step = max(1, _STATS_CHUNK_ELEMENTS // dim)
-
-        def chunks():
-            for start in range(0, vocab, step):
-                ids = torch.arange(start, min(start + step, vocab), device=weight.device)
-                yield layer(ids[None])[0].to("cpu", torch.float64)
-
-        total = torch.zeros(dim, dtype=torch.float64)
-        for rows in chunks():
-            total += rows.sum(dim=0)
-        mean = total / vocab
-        grand = float(mean.mean())
-        squares = sum(float(((rows - grand) ** 2).sum()) for rows in chunks())
-        return mean.numpy(), float(np.sqrt(squares / (vocab * dim)))
 
 
 def _probe_ids(handle, n=6):

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import numbers
-import threading
 
 import numpy as np
 import torch
 
+from .._tokenized import _CausalInputs
 from ..base import BackendError
-from ._base import _DEFAULT_BATCH_SIZE, _check_placeholder, _HFBackend
+from ._base import _DEFAULT_BATCH_SIZE, _HFBackend
 from ._batching import _length_buckets, _pairs_batches, _text_major_batches
-from ._handle import _cache_layers, _close, _new_cache
-from ._textcache import _pad_kv, _TextEntry, _TextStore
+from ._handle import _close
+from ._textcache import _pad_kv, _TextCache
 from ._threads import _trim_heap, _with_threads
 
 
@@ -27,7 +27,7 @@ _BLOCK_QUERIES = 128
 _DEFAULT_TEXT_CACHE_MB = 1024
 
 
-class CausalLMBackend(_HFBackend):
+class CausalLMBackend(_CausalInputs, _HFBackend):
     """A local transformers causal (decoder-only) language model.
 
     Parameters
@@ -186,56 +186,30 @@ class CausalLMBackend(_HFBackend):
                  prompt_position="tail", batch_size=_DEFAULT_BATCH_SIZE, cache_size=100_000,
                  text_cache_mb=_DEFAULT_TEXT_CACHE_MB, device=None, dtype=None, truncation="right",
                  num_threads=None, cache=None):
-        _check_placeholder(template, "text")
-        if prompt_position not in ("suffix", "tail", "prefix"):
-            raise ValueError(f"prompt_position must be 'suffix', 'tail' or 'prefix'; got {prompt_position!r}.")
         if (not isinstance(text_cache_mb, numbers.Real) or isinstance(text_cache_mb, bool)
                 or not np.isfinite(text_cache_mb) or text_cache_mb < 0):
             raise ValueError(f"text_cache_mb must be a non-negative number; got {text_cache_mb!r}.")
-        self.prompt_position = prompt_position
         self.text_cache_mb = text_cache_mb
-        super().__init__(model, tokenizer, template=template, verbalizer=verbalizer, batch_size=batch_size,
+        super().__init__(model, tokenizer, prompt_position=prompt_position, template=template, verbalizer=verbalizer, batch_size=batch_size,
                          cache_size=cache_size, device=device, dtype=dtype, truncation=truncation,
                          num_threads=num_threads, cache=cache)
-
-    def _validate_template(self):
-        head, tail = self.template.split("{text}")
-        self._head_template, self._tail_text = head, tail
 
     # -- runtime state ------------------------------------------------------------
     def _init_runtime_state(self):
         super()._init_runtime_state()
-        self._text_store = _TextStore()
-        self._text_stats = {"hits": 0, "misses": 0, "head_forwards": 0, "forwards": 0}
-        self._tail_ids = None
-
-    # The per-text key/value caches live in a store that clones and rebuilt
-    # backends on the same loaded model share (see _share_runtime_with), so
-    # that a grid search over templates or labels encodes each text once.
-    @property
-    def _text_cache(self):
-        return self._text_store.entries  # head string -> _TextEntry
-
-    @property
-    def _text_cache_bytes(self):
-        return self._text_store.nbytes
-
-    @_text_cache_bytes.setter
-    def _text_cache_bytes(self, value):
-        self._text_store.nbytes = value
+        self._texts = _TextCache(lock=self._lock)
 
     def _share_runtime_with(self, other):
         """Use ``other``'s text store (and its lock, which guards the store)
         when both run the same loaded model: a text's key/value cache depends
         only on the model and the text's head string."""
         if other._get_handle() is self._get_handle():
-            self._text_store = other._text_store
             self._lock = other._lock
+            self._texts = _TextCache(other._texts.store, other._lock)
 
     def __getstate__(self):
         state = super().__getstate__()
-        for key in ("_text_store", "_text_stats", "_tail_ids"):
-            state.pop(key, None)
+        state.pop("_texts", None)
         return state
 
     def text_cache_info(self):
@@ -246,17 +220,11 @@ class CausalLMBackend(_HFBackend):
         forward passes that scored (prompt, text) pairs; ``entries``;
         ``size_mb``; ``max_mb``.
         """
-        with self._lock:
-            info = dict(self._text_stats)
-            info.update(entries=len(self._text_cache), size_mb=self._text_cache_bytes / 2**20,
-                        max_mb=float(self.text_cache_mb))
-        return info
+        return self._texts.info(self.text_cache_mb)
 
     def clear_text_cache(self):
         """Drop every cached text key/value cache."""
-        with self._lock:
-            self._text_cache.clear()
-            self._text_cache_bytes = 0
+        self._texts.clear()
 
     # -- scoring ------------------------------------------------------------------
     @_with_threads
@@ -272,65 +240,22 @@ class CausalLMBackend(_HFBackend):
                 self._score_prefix(handle, readout, prompts, texts, token_ids, out)
         return out
 
-    def _tail(self, handle):
-        if self._tail_ids is None:
-            self._tail_ids = handle.encode(self._tail_text) if self._tail_text else []
-        return self._tail_ids
-
-    @property
-    def default_prompt_length(self):
-        """int or None: with ``prompt_position="tail"``, the tail's token count
-        (at least 1): a prompt of that length replaces exactly the tail."""
-        if self.prompt_position != "tail":
-            return None
-        return max(len(self._tail(self._get_handle())), 1)
-
-    def initial_prompt(self, n_prompt_tokens):
-        """Embeddings of the tail tokens a ``"tail"`` prompt replaces (``None`` otherwise).
-
-        With ``prompt_position="tail"``, ``z = 0`` maps to these embeddings, so
-        the untuned prompt reproduces the zero-shot template exactly; vectors
-        beyond the tail's length start at the mean input embedding.
-        """
-        if self.prompt_position != "tail" or n_prompt_tokens <= 0:
-            return None
-        handle = self._get_handle()
-        tail = self._tail(handle)
-        kept = tail[max(len(tail) - n_prompt_tokens, 0):]
-        with torch.inference_mode():
-            emb = handle.embed(kept).float().cpu().numpy() if kept else np.zeros((0, self.embedding_dim))
-        mean, _ = self.embedding_stats()
-        extra = np.tile(np.asarray(mean, dtype=np.float32), (n_prompt_tokens - len(kept), 1))
-        return np.vstack([extra, emb]).astype(np.float32)
-
     # ---- suffix layout: cached head, batched suffix
     def _score_suffix(self, handle, readout, prompts, texts, token_ids, out):
         n_prompts = prompts.shape[0]
-        tail = self._tail(handle)
-        if self.prompt_position == "tail":  # the prompt replaces the tail's last tokens
-            tail = tail[: max(len(tail) - prompts.shape[1], 0)]
-            suffix = torch.cat([handle.embed(tail).unsqueeze(0).expand(n_prompts, -1, -1), prompts], dim=1)
-        else:
-            suffix = torch.cat([prompts, handle.embed(tail).unsqueeze(0).expand(n_prompts, -1, -1)], dim=1)
+        suffix = self._layout.suffix(handle, prompts)
         n_suffix = suffix.shape[1]
-        heads = [self._head_template + t for t in texts]
+        heads = self._layout.heads(texts)
         columns = {}  # head string -> output columns (a text may appear twice)
         for j, head in enumerate(heads):
             columns.setdefault(head, []).append(j)
 
         # Lengths, to sort the texts so that a micro-batch pads little: from
         # the cache, or by tokenising the texts not in it.
-        lengths, token_cache = {}, {}
-        with self._lock:
-            for head in columns:
-                entry = self._text_cache.get(head)
-                if entry is not None:
-                    lengths[head] = entry.length
-            self._text_stats["hits"] += len(lengths)
-            self._text_stats["misses"] += len(columns) - len(lengths)
+        lengths, token_cache = self._texts.lengths(list(columns)), {}
         missing = [h for h in columns if h not in lengths]
         if missing:
-            for head, ids in zip(missing, self._head_ids(handle, missing)):
+            for head, ids in zip(missing, self._layout.head_ids(handle, missing)):
                 token_cache[head] = ids
                 lengths[head] = len(ids)
         if n_suffix == 0 and any(n == 0 for n in lengths.values()):
@@ -342,11 +267,11 @@ class CausalLMBackend(_HFBackend):
             # One prompt: a cache would serve one pair only. Texts not cached
             # get one full forward of their whole input instead.
             with self._lock:
-                fresh = [h for h in order if h not in self._text_cache]
+                fresh = [h for h in order if h not in self._texts.entries]
             if fresh:
                 unknown = [h for h in fresh if h not in token_cache]
                 if unknown:  # evicted since this call looked: tokenise
-                    token_cache.update(zip(unknown, self._head_ids(handle, unknown)))
+                    token_cache.update(zip(unknown, self._layout.head_ids(handle, unknown)))
                 self._score_full(handle, readout, suffix[0], fresh, token_cache, token_ids, columns, out)
                 fresh = set(fresh)
                 order = [h for h in order if h not in fresh]
@@ -370,7 +295,7 @@ class CausalLMBackend(_HFBackend):
                 chunk = [h for h in order[start:stop] if h not in live]
                 if not keep and start > 0:
                     _trim_heap()  # the chunks streamed so far are freed: return their memory
-                live.update(self._text_entries(handle, chunk, token_cache, store=keep))
+                live.update(self._text_entries(handle, chunk, token_cache, keep=keep))
             entries = [live[h] for h, _ in batch]
             p_idx = [p for _, p in batch]
             scores = self._suffix_scores(handle, readout, entries, suffix[p_idx], token_ids).cpu().numpy()
@@ -388,7 +313,6 @@ class CausalLMBackend(_HFBackend):
         (checked once per model against the one-row-per-pair path), else one
         row per pair (:meth:`_row_suffix_scores`).
         """
-        device = handle.device
         n_suffix = suffix.shape[1]
         if n_suffix == 0:  # no prompt, no tail: the head's last position is the readout
             last = torch.stack([e.last_out for e in entries])
@@ -396,13 +320,10 @@ class CausalLMBackend(_HFBackend):
         shared = len({id(e) for e in entries}) < len(entries)
         if shared and max(e.length for e in entries) > 0 and self._blocks_supported(handle):
             if handle.block_suffix is None:  # first use on this model: compare the two paths once
-                with self._lock:
-                    counted = self._text_stats["forwards"]
                 with torch.no_grad():
                     rows = self._row_suffix_scores(handle, readout, entries, suffix.detach(), token_ids)
                     blocks = self._block_suffix_scores(handle, readout, entries, suffix.detach(), token_ids)
-                with self._lock:  # the check's forwards are not the call's
-                    self._text_stats["forwards"] = counted
+                self._texts.count("forwards", -2)  # the check's forwards are not the call's
                 handle.block_suffix = _close(blocks, rows)
             if handle.block_suffix:
                 return self._block_suffix_scores(handle, readout, entries, suffix, token_ids)
@@ -460,8 +381,7 @@ class CausalLMBackend(_HFBackend):
         kwargs = {"inputs_embeds": inputs, "attention_mask": mask[:, None],
                   "position_ids": lengths[:, None] + within[None, :], "use_cache": True,
                   handle.cache_kwarg: handle.make_cache((padded[i, 0], padded[i, 1]) for i in range(padded.shape[0]))}
-        with self._lock:
-            self._text_stats["forwards"] += 1
+        self._texts.count("forwards")
         t_idx = torch.tensor(t_of, device=device)
         q_idx = torch.tensor(q_of, device=device)
         return readout.logits(readout.forward(handle, **kwargs)[t_idx, q_idx], token_ids)
@@ -489,110 +409,13 @@ class CausalLMBackend(_HFBackend):
             stacked = padded.index_select(2, torch.tensor(pick, device=device))
             kwargs[handle.cache_kwarg] = handle.make_cache((stacked[i, 0], stacked[i, 1])
                                                            for i in range(stacked.shape[0]))
-        with self._lock:
-            self._text_stats["forwards"] += 1
+        self._texts.count("forwards")
         return readout.logits(readout.forward(handle, **kwargs)[:, -1], token_ids)
 
-    def _head_ids(self, handle, heads):
-        prefix = handle.special_prefix()
-        return [prefix + ids for ids in handle.encode_batch(heads)]
-
-    def _text_entries(self, handle, heads, token_cache, store=True):
-        """Per-text key/value caches of ``heads`` (strings), from the LRU or encoded.
-
-        ``store=False`` (streaming): the encoded texts are not added to the
-        LRU and the cached ones keep their place in it.
-        """
-        found, missing, waiting = {}, [], []
-        pending = self._text_store.pending
-        with self._lock:
-            for head in heads:
-                entry = self._text_cache.get(head)
-                if entry is not None:
-                    if store:
-                        self._text_cache.move_to_end(head)
-                    found[head] = entry
-                elif store and head in pending:  # another thread is encoding it: wait, do not encode twice
-                    waiting.append((head, pending[head]))
-                else:
-                    missing.append(head)
-                    if store:
-                        pending[head] = threading.Event()
-        try:
-            if missing:
-                found.update(self._encode_missing(handle, missing, token_cache, store))
-        finally:
-            if store and missing:
-                with self._lock:
-                    for head in missing:
-                        pending.pop(head).set()
-        for head, done in waiting:
-            done.wait()
-            with self._lock:
-                entry = self._text_cache.get(head)
-            if entry is None:  # not kept (over the memory bound, or the other call failed): encode it here
-                entry = self._encode_missing(handle, [head], token_cache, store=False)[head]
-            found[head] = entry
-        return found
-
-    def _encode_missing(self, handle, missing, token_cache, store):
-        """Encode ``missing`` heads; ``store``: add them to the LRU (within ``text_cache_mb``)."""
-        unknown = [h for h in missing if h not in token_cache]
-        if unknown:  # evicted since this call looked: tokenise again
-            token_cache.update(zip(unknown, self._head_ids(handle, unknown)))
-        computed = self._encode_heads(handle, {h: token_cache[h] for h in missing})
-        if not store:
-            return computed
-        limit = float(self.text_cache_mb) * 2**20
-        with self._lock:
-            for head, entry in computed.items():
-                if entry.nbytes > limit or head in self._text_cache:
-                    continue
-                self._text_cache[head] = entry
-                self._text_cache_bytes += entry.nbytes
-            while self._text_cache_bytes > limit and self._text_cache:
-                _, old = self._text_cache.popitem(last=False)
-                self._text_cache_bytes -= old.nbytes
-        return computed
-
-    def _encode_heads(self, handle, head_ids):
-        """Run heads (dict head -> token ids) through the model, right-padded:
-        no mask is needed, a causal model never looks at the padding after a text."""
-        readout = handle.readout()
-        result = {}
-        heads = sorted(head_ids, key=lambda h: len(head_ids[h]))
-        nonempty = [h for h in heads if head_ids[h]]
-        for head in heads:
-            if not head_ids[head]:
-                result[head] = _TextEntry(None, None, 0)
-        for batch in _length_buckets(nonempty, lambda h: len(head_ids[h]), self.batch_size):
-            lengths = [len(head_ids[h]) for h in batch]
-            input_ids = torch.zeros((len(batch), max(lengths)), dtype=torch.long)
-            for row, head in enumerate(batch):
-                input_ids[row, : lengths[row]] = torch.as_tensor(head_ids[head])
-            input_ids = input_ids.to(handle.device)
-            kwargs = {"input_ids": input_ids, "use_cache": True}
-            if not handle.legacy_cache:
-                cache = kwargs[handle.cache_kwarg] = _new_cache()
-            result_out = (handle.base if readout.fast else handle.model)(**kwargs)
-            outputs = result_out.last_hidden_state if readout.fast else result_out.logits
-            if handle.legacy_cache:
-                layers = [tuple(layer[:2]) for layer in result_out.past_key_values]
-            else:
-                layers = _cache_layers(cache)
-            shapes = {tuple(t.shape) for kv in layers for t in kv}
-            if len(shapes) != 1:
-                raise BackendError(
-                    "prompt_position='suffix' needs a model whose layers all cache keys/values of one shape; "
-                    f"{type(handle.model).__name__} does not. Use prompt_position='prefix'."
-                )
-            for row, head in enumerate(batch):  # one copy per text: (layers, 2, heads, n, hd)
-                n = lengths[row]
-                kv = torch.stack([torch.stack([k[row, :, :n], v[row, :, :n]]) for k, v in layers])
-                result[head] = _TextEntry(kv, outputs[row, n - 1].clone(), n)
-            with self._lock:
-                self._text_stats["head_forwards"] += 1
-        return result
+    def _text_entries(self, handle, heads, token_ids, keep=True):
+        """The text caches of ``heads`` (see :meth:`_TextCache.fetch`)."""
+        return self._texts.fetch(handle, heads, token_ids, lambda missing: self._layout.head_ids(handle, missing),
+                                 keep=keep, max_mb=self.text_cache_mb, batch_size=self.batch_size)
 
     def _score_full(self, handle, readout, suffix, heads, head_ids, token_ids, columns, out):
         """One prompt on texts that are not cached: a full forward of
@@ -616,45 +439,23 @@ class CausalLMBackend(_HFBackend):
                 out[0, columns[head]] = scores[row]
 
     # ---- prefix layout: full forward
-    def _prefix_inputs(self, handle, texts, n_tokens):
-        """Layout ``[special prefix | prompt | template with the text]`` of each
-        text: the prefix ids, the bodies' ids, each input's length, the texts
-        in order of length and the prefix's embeddings (or None)."""
-        prefix = handle.special_prefix()
-        bodies = handle.encode_batch([self._head_template + t + self._tail_text for t in texts])
-        lengths = np.array([len(prefix) + n_tokens + len(b) for b in bodies])
-        if np.any(lengths == 0):
-            raise BackendError("Nothing to score: an empty text with an empty template and no soft prompt.")
-        return prefix, bodies, lengths, np.argsort(lengths, kind="stable"), handle.embed(prefix) if prefix else None
-
     def _score_prefix(self, handle, readout, prompts, texts, token_ids, out):
-        n_prompts, n_tokens = prompts.shape[0], prompts.shape[1]
-        prefix, bodies, lengths, order, prefix_emb = self._prefix_inputs(handle, texts, n_tokens)
-        for batch in _pairs_batches(order, n_prompts, self.batch_size):
-            width = int(max(lengths[j] for j, _ in batch))
-            x = torch.zeros((len(batch), width, prompts.shape[2]), dtype=prompts.dtype, device=handle.device)
-            embedded = {}
-            for row, (j, p) in enumerate(batch):
-                if j not in embedded:
-                    embedded[j] = handle.embed(bodies[j]) if bodies[j] else None
-                pos = 0
-                if prefix_emb is not None:
-                    x[row, : len(prefix)] = prefix_emb
-                    pos = len(prefix)
-                x[row, pos: pos + n_tokens] = prompts[p]
-                pos += n_tokens
-                if embedded[j] is not None:
-                    x[row, pos: pos + len(bodies[j])] = embedded[j]
-            last = torch.as_tensor(lengths[[j for j, _ in batch]] - 1, device=handle.device)
-            # Right padding and a causal model: no token looks at the padding.
-            scores = self._full_forward_scores(handle, readout, x, last, token_ids)
+        lengths, build = self._layout.pair_inputs(handle, prompts, texts)
+        for batch in _pairs_batches(np.argsort(lengths, kind="stable"), prompts.shape[0], self.batch_size):
+            scores = self._whole_input_scores(handle, readout, build, lengths, batch, token_ids)
             out[[p for _, p in batch], [j for j, _ in batch]] = scores.cpu().numpy()
+
+    def _whole_input_scores(self, handle, readout, build, lengths, batch, token_ids):
+        """Class scores (B, C) of the pairs ``batch`` [(text, prompt)], their
+        whole inputs right-padded: a causal model never looks at the padding."""
+        x = torch.nn.utils.rnn.pad_sequence(build(batch), batch_first=True)
+        last = torch.as_tensor(lengths[[j for j, _ in batch]] - 1, device=handle.device)
+        return self._full_forward_scores(handle, readout, x, last, token_ids)
 
     def _full_forward_scores(self, handle, readout, x, last, token_ids):
         """Class scores (B, C) read at positions ``last`` of a full forward of ``x`` (B, T, D)."""
         rows = torch.arange(x.shape[0], device=handle.device)
-        with self._lock:
-            self._text_stats["forwards"] += 1
+        self._texts.count("forwards")
         return readout.logits(readout.forward(handle, inputs_embeds=x, use_cache=False)[rows, last], token_ids)
 
     # ==== differentiable scoring: the white-box path (skprompt.whitebox) ==========
@@ -688,24 +489,16 @@ class CausalLMBackend(_HFBackend):
             the model's parameters get gradients only if they require grad.
         """
         prompts, texts, token_ids, handle, readout = self._torch_inputs(prompts, texts, classes)
-        n_prompts, n_tokens, n_texts = prompts.shape[0], prompts.shape[1], len(texts)
+        n_prompts, n_texts = prompts.shape[0], len(texts)
         if n_prompts == 0 or n_texts == 0:
             return prompts.new_zeros((n_prompts, n_texts, len(token_ids)), dtype=torch.float64)
         chunks, keys = [], []  # micro-batch scores (B, C) and the (text key, prompt) of each row
 
-        if self.prompt_position in ("suffix", "tail"):
-            tail = self._tail(handle)
-            if self.prompt_position == "tail":  # as in _score_suffix
-                tail = tail[: max(len(tail) - n_tokens, 0)]
-                suffix = torch.cat([handle.embed(tail).unsqueeze(0).expand(n_prompts, -1, -1), prompts], dim=1)
-            else:
-                suffix = torch.cat([prompts, handle.embed(tail).unsqueeze(0).expand(n_prompts, -1, -1)], dim=1)
-            text_keys = [self._head_template + t for t in texts]
+        if self.prompt_position in ("suffix", "tail"):  # as in _score_suffix
+            suffix = self._layout.suffix(handle, prompts)
+            text_keys = self._layout.heads(texts)
             distinct = list(dict.fromkeys(text_keys))
-            with self._lock:
-                n_hits = sum(h in self._text_cache for h in distinct)
-                self._text_stats["hits"] += n_hits
-                self._text_stats["misses"] += len(distinct) - n_hits
+            self._texts.lengths(distinct)  # counts the hits and misses
             with torch.no_grad():  # the heads come before the prompt: constants
                 entries = self._text_entries(handle, distinct, {})
             if suffix.shape[1] == 0 and any(entries[h].length == 0 for h in distinct):
@@ -718,25 +511,9 @@ class CausalLMBackend(_HFBackend):
                 keys.extend(batch)
         else:  # prefix, as in _score_prefix
             text_keys = list(range(n_texts))
-            prefix, bodies, lengths, order, prefix_emb = self._prefix_inputs(handle, texts, n_tokens)
-            for batch in _pairs_batches(order, n_prompts, self.batch_size):
-                width = int(max(lengths[j] for j, _ in batch))
-                rows = []
-                for j, p in batch:  # [prefix | prompt | body | right padding], built by concatenation
-                    parts = ([prefix_emb] if prefix_emb is not None else []) + [prompts[p]]
-                    if bodies[j]:
-                        parts.append(handle.embed(bodies[j]))
-                    pad = width - int(lengths[j])
-                    if pad:
-                        parts.append(prompts.new_zeros((pad, prompts.shape[2])))
-                    rows.append(torch.cat(parts))
-                x = torch.stack(rows)
-                last = torch.as_tensor(lengths[[j for j, _ in batch]] - 1, device=handle.device)
-                at = torch.arange(len(batch), device=handle.device)
-                with self._lock:
-                    self._text_stats["forwards"] += 1
-                chunks.append(readout.logits(readout.forward(handle, inputs_embeds=x, use_cache=False)[at, last],
-                                             token_ids))
+            lengths, build = self._layout.pair_inputs(handle, prompts, texts)
+            for batch in _pairs_batches(np.argsort(lengths, kind="stable"), n_prompts, self.batch_size):
+                chunks.append(self._whole_input_scores(handle, readout, build, lengths, batch, token_ids))
                 keys.extend((int(j), p) for j, p in batch)
 
         row_of = {key: i for i, key in enumerate(keys)}

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ..base import BackendError
-from ._base import _DEFAULT_BATCH_SIZE, _check_placeholder, _HFBackend
+from ._base import _DEFAULT_BATCH_SIZE, _HFBackend
 from ._batching import _pairs_batches
 from ._threads import _with_threads
 
@@ -71,12 +71,11 @@ class MaskedLMBackend(_HFBackend):
     """
 
     _kind = "masked"
+    _placeholders = ("text", "mask")
 
     def __init__(self, model, tokenizer=None, *, template="{text} It was {mask}.", verbalizer=None,
                  batch_size=_DEFAULT_BATCH_SIZE, cache_size=100_000, device=None, dtype=None, truncation="right",
                  num_threads=None, cache=None):
-        _check_placeholder(template, "text")
-        _check_placeholder(template, "mask")
         super().__init__(model, tokenizer, template=template, verbalizer=verbalizer, batch_size=batch_size,
                          cache_size=cache_size, device=device, dtype=dtype, truncation=truncation,
                          num_threads=num_threads, cache=cache)
