@@ -168,19 +168,21 @@ class PromptProblem:
             if sample_weight is not None:
                 weight = np.broadcast_to(np.asarray(sample_weight, dtype=np.float64),
                                          (len(Z), self.n_texts("train")))[missing]
-            if self.calibration == "topk":
-                offsets, scales, maps = fit_token_readout(raw, self.y("train"), self.n_classes, sample_weight=weight,
-                                                          **self._l2())
-            else:
-                offsets, scales = fit_readout(raw[..., : self.n_classes], self.y("train"), self.calibration,
-                                              sample_weight=weight, **self._l2())
-                maps = [None] * len(missing)
+            offsets, scales, maps = self._fit_family(raw, self.y("train"), weight)
             for j, i in enumerate(missing):
                 self._readouts[keys[i]] = (offsets[j], scales[j], maps[j])
         offsets = np.stack([self._readouts[k][0] for k in keys])
         scales = np.array([self._readouts[k][1] for k in keys])
         maps = [self._readouts[k][2] for k in keys]
         return offsets, scales, (maps if self.calibration == "topk" else None)
+
+    def _fit_family(self, raw, y, sample_weight=None):
+        """Read-outs of the fit's family on raw answers ``raw`` (n, n_texts, ...) with labels ``y``."""
+        if self.calibration == "topk":
+            return fit_token_readout(raw, y, self.n_classes, sample_weight=sample_weight, **self._l2())
+        offsets, scales = fit_readout(raw[..., : self.n_classes], y, self.calibration, sample_weight=sample_weight,
+                                      **self._l2())
+        return offsets, scales, [None] * len(raw)
 
     def _l2(self):
         return {} if self.calibration_l2 is None else {"l2": self.calibration_l2}
@@ -194,6 +196,21 @@ class PromptProblem:
         asked for are queried."""
         Z = np.atleast_2d(np.asarray(Z, dtype=np.float64))
         return self._readout(Z)
+
+    def pooled_readouts(self, Z):
+        """Read-outs of ``Z`` refitted, in the fit's family, on their training
+        and validation answers together: the kept prompts' final read-outs,
+        learnt from every fit text as the zero-shot read-out is
+        (docs/defaults.md, "Read-outs of the kept prompts"). The answers the
+        search asked for are reused; the rest are queried (counted, budget
+        checked). Without a validation split: :meth:`readouts`."""
+        Z = np.atleast_2d(np.asarray(Z, dtype=np.float64))
+        readouts = self.readouts(Z)  # also settles the family ("auto")
+        if self.calibration is None or not self.has_split("val"):
+            return readouts
+        raw = np.concatenate([self.known_outputs(Z, "train"), self.known_outputs(Z, "val")], axis=1)
+        offsets, scales, maps = self._fit_family(raw, np.concatenate([self.y("train"), self.y("val")]))
+        return offsets, scales, (maps if self.calibration == "topk" else None)
 
     def outputs(self, Z, split="train", sample_weight=None):
         """Outputs of ``Z`` on ``split``: calibrated log-probabilities, raw

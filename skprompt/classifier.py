@@ -139,9 +139,12 @@ class BlackBoxPromptClassifier(PromptEstimator):
         training texts anyway; the CMA-ES start and VI's validation draws
         pay for their training scores, within ``budget``); the search then
         ranks prompts by their
-        *calibrated* loss, and every kept prompt keeps its read-out
-        (``offsets_``, ``scales_``), applied by ``predict_proba`` and
-        ``predict_uncertainty``. It removes the label words' prior bias, which
+        *calibrated* loss. Every kept prompt's read-out is then refitted, in
+        the same family, on the training and validation texts together (no
+        query for ``bbt`` and ``ensemble``, whose kept prompts were
+        validated; ``n_prompts x n_val`` for ``vi``'s fresh draws) and kept
+        (``offsets_``, ``scales_``, ``token_maps_``), applied by
+        ``predict_proba`` and ``predict_uncertainty``. It removes the label words' prior bias, which
         a prompt search otherwise spends its queries on. With
         ``method="zero-shot"`` the read-out is fitted on all the fit texts
         (one query per text: contextual calibration). ``"auto"``: for
@@ -600,9 +603,9 @@ class BlackBoxPromptClassifier(PromptEstimator):
                 f"({n_texts} texts; see popsize, max_iter, n_prompts and method_params), which takes "
                 "hours on a local model; pass budget= to cap it.", CostWarning, stacklevel=3)
         # VI's kept prompts are fresh draws from q: their read-outs need their training
-        # scores, reserved so that a spent budget cannot leave them without one.
+        # and validation scores, reserved so that a spent budget cannot leave them without one.
         if plan.calibration is not None and self.method == "vi":
-            problem.reserved = self.n_prompts * problem.n_texts("train")
+            problem.reserved = learner._readout_cost(problem)
         if self.verbose:
             problem.logger, problem.log_name, problem.log_total = _LOGGER, f"method={self.method!r}", steps
             _LOGGER.info("method=%r: fitting on %d training texts, %s, budget %s", self.method,
@@ -624,11 +627,16 @@ class BlackBoxPromptClassifier(PromptEstimator):
                                info=dict(result.info))
 
     def _fit_readouts(self, problem, plan, run):
-        """The kept samples' read-outs (``None`` without ``calibration``) and the
-        family in use; ``"auto"``'s report goes into the fit's diagnostics."""
+        """The kept samples' read-outs (``None`` without ``calibration``),
+        refitted on the training and validation texts together, and the family
+        in use; ``"auto"``'s report goes into the fit's diagnostics."""
         if plan.calibration is None:
             return SimpleNamespace(offsets=None, scales=None, token_maps=None, calibration=None)
-        offsets, scales, token_maps = problem.readouts(run.samples)
+        try:  # learnt from every fit text, as the zero-shot read-out is
+            offsets, scales, token_maps = problem.pooled_readouts(run.samples)
+        except BudgetExhausted:  # validation answers the search never asked for, beyond the budget
+            offsets, scales, token_maps = problem.readouts(run.samples)
+            run.exhausted = True
         if problem.calibration_report is not None:
             run.info["calibration"] = problem.calibration_report
         return SimpleNamespace(offsets=offsets, scales=scales, token_maps=token_maps,

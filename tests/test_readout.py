@@ -160,6 +160,29 @@ def test_every_kept_prompt_carries_its_read_out_into_predict_proba(method, calib
         np.testing.assert_allclose(np.abs(np.diff(clf.offsets_, axis=1)).ravel(), 6.0, atol=3.0)
 
 
+@pytest.mark.parametrize("calibration", ["affine", "linear"])
+@pytest.mark.parametrize("method", ["bbt", "ensemble", "vi"])
+def test_kept_prompts_read_outs_learn_from_every_fit_text(method, calibration, monkeypatch):
+    # The search fits each candidate's read-out on the training texts; the kept
+    # prompts' final read-outs are refitted on the training and validation
+    # texts together (as the zero-shot read-out uses every fit text): known
+    # answer, the fit of fit_readout on those answers.
+    from skprompt import classifier
+
+    made, split = [], classifier.validation_split
+    monkeypatch.setattr(classifier, "validation_split", lambda *a, **k: made.append(split(*a, **k)) or made[-1])
+    backend, X, y = biased_task()
+    clf = BlackBoxPromptClassifier(backend, method=method, calibration=calibration, n_prompt_tokens=1,
+                                   random_state=0, budget=6000).fit(X[:40], y[:40])
+    (train_x, train_y), (val_x, val_y) = made[0]["train"], made[0]["val"]
+    raw = backend.score(clf.prompt_embeddings_, list(train_x) + list(val_x), list(clf.classes_))
+    offsets, scales = fit_readout(raw, np.concatenate([train_y, val_y]), calibration)
+    np.testing.assert_allclose(clf.offsets_, offsets, atol=1e-8)
+    np.testing.assert_allclose(clf.scales_, scales, atol=1e-8)
+    train_only, _ = fit_readout(raw[:, : len(train_x)], train_y, calibration)
+    assert not np.allclose(clf.offsets_, train_only, atol=1e-3)
+
+
 class SwappedWordsModel:
     """Scores that rank the classes right, except that the label words of
     classes 0 and 1 trade places (``swap=True``); the prompt does nothing."""

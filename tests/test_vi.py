@@ -581,8 +581,8 @@ def test_budget_counts_the_validation_draws_read_outs():
     train_request = 4 * 3 * N_TRAIN
     per_gen = train_request + 2 * (7 + N_TRAIN)  # new validation draws: their read-outs' training queries too
     assert learner._iteration_cost(ReadoutProblem(splits)) == per_gen
-    # and the read-outs of the 5 kept draws, asked by the estimator after the fit
-    assert learner.minimum_budget(ReadoutProblem(splits)) == per_gen + 5 * N_TRAIN
+    # and the read-outs of the 5 kept draws, fitted on all fit texts after the fit
+    assert learner.minimum_budget(ReadoutProblem(splits)) == per_gen + 5 * (N_TRAIN + 7)
     # room for the training request of a 4th generation and for its
     # validation outputs, but not for their read-outs: no 4th generation
     budget = 3 * per_gen + train_request + 2 * 7 + 5
@@ -614,11 +614,12 @@ def test_estimator_budget_arithmetic_is_exact_with_the_read_out():
     n_prompts=4, max_iter=15; 48 texts split 36 / 12. A generation asks
     8 * 2 draws on 36 training texts and 2 new draws on 12 validation texts,
     whose read-outs need their 36 training texts; the 4 kept draws' read-outs
-    need 4 * 36 more. The budget the estimator names as the minimum runs one
-    generation, and every budget runs as many generations as it pays for."""
+    are fitted on all 48 texts: 4 * 48 more. The budget the estimator names
+    as the minimum runs one generation, and every budget runs as many
+    generations as it pays for."""
     n_train, n_val = 36, 12
     per_gen = 8 * 2 * n_train + 2 * (n_val + n_train)
-    minimum = per_gen + 4 * n_train
+    minimum = per_gen + 4 * (n_train + n_val)
     with pytest.raises(ValueError, match=r"budget=1 is below the (\d+) queries") as exc:
         toy_fit(1)
     named = int(re.search(r"below the (\d+) queries", str(exc.value)).group(1))

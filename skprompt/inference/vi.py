@@ -249,17 +249,20 @@ class VariationalLearner(Learner):
         return cost
 
     def _readout_cost(self, problem):
-        """Training queries of the ``n_samples`` kept draws' read-outs: new
-        prompts, read out after the fit where the problem fits read-outs."""
+        """Queries of the ``n_samples`` kept draws' read-outs: new prompts,
+        read out after the fit (on the training and validation texts) where
+        the problem fits read-outs."""
         if not getattr(problem, "fits_readout", False):
             return 0
+        if problem.has_split("val"):
+            return request_cost(problem, self.n_samples, "val", fresh=True)
         return request_cost(problem, self.n_samples, "train")
 
     def minimum_budget(self, problem):
         """Queries of a fit with one generation: ``_iteration_cost`` plus,
         where the problem fits a read-out per candidate
-        (``problem.fits_readout``), the training queries of the
-        ``n_samples`` kept draws' read-outs."""
+        (``problem.fits_readout``), the queries of the ``n_samples`` kept
+        draws' read-outs."""
         return self._iteration_cost(problem) + self._readout_cost(problem)
 
     # ------------------------------------------------------------------- fit
