@@ -37,7 +37,7 @@ from skprompt._estimator import validation_split
 from skprompt.datasets import few_shot_split, load_task
 from skprompt.evaluation import prediction_metrics
 from skprompt.models import default_backend
-from skprompt.readout import apply_readout, fit_readout, fit_token_readout
+from skprompt.readout import apply_readout, choose_readout, fit_readout, fit_token_readout
 
 
 class _RecordSplit:
@@ -61,12 +61,13 @@ def _raw(clf, Z, texts):
     return clf.backend_.score(clf.projection_(Z), list(texts), list(clf.classes_), top_k=clf.top_k_)
 
 
-def _fit(clf, raw, y):
-    """Read-outs of the family ``clf`` uses, fitted on ``raw`` answers with labels ``y`` (indices)."""
-    n_classes = len(clf.classes_)
-    if clf.calibration_ == "topk":
+def _fit(clf, raw, y, kind=None):
+    """Read-outs of the family ``kind`` (default: the one ``clf`` uses), fitted on ``raw`` answers with labels
+    ``y`` (indices)."""
+    n_classes, kind = len(clf.classes_), kind or clf.calibration_
+    if kind == "topk":
         return fit_token_readout(raw, y, n_classes)
-    offsets, scales = fit_readout(raw[..., :n_classes], y, clf.calibration_)
+    offsets, scales = fit_readout(raw[..., :n_classes], y, kind)
     return offsets, scales, None
 
 
@@ -98,6 +99,9 @@ def run_one(task, method, seed, n_per_class, n_test):
     pooled_y = np.concatenate([train_y, val_y])
     own = _fit(clf, raw["train"], train_y)  # as in the search: fitted on the training texts
     pooled = _fit(clf, pooled_raw, pooled_y)
+    # the family chosen again, as "auto" does, on every fit text: the start's answers or the first kept prompt's
+    start_kind, _ = choose_readout(pooled_raw[:1], pooled_y, n_classes=len(clf.classes_))
+    kept_kind, _ = choose_readout(pooled_raw[1:2], pooled_y, n_classes=len(clf.classes_))
 
     def pick(readout, rows):
         return tuple(None if r is None else (r[rows] if not isinstance(r, list) else [r[i] for i in rows])
@@ -110,7 +114,8 @@ def run_one(task, method, seed, n_per_class, n_test):
     members = np.arange(1, len(both))
     guarded = np.where(keep, members, 0)
     row = {"task": task.name, "method": method, "seed": seed, "seconds": seconds, "n_queries": int(clf.n_queries_),
-           "calibration": clf.calibration_, "kept_by_guard": keep.tolist(),
+           "calibration": clf.calibration_, "family_start_pooled": start_kind, "family_kept_pooled": kept_kind,
+           "kept_by_guard": keep.tolist(),
            "val_gain": (-diff.mean(axis=1)).tolist(), "val_gain_se": se.tolist()}
     for part, y in (("train", train_y), ("val", val_y), ("test", test_y)):
         nll = _nll(raw[part], own, y).mean(axis=1)
@@ -121,6 +126,10 @@ def run_one(task, method, seed, n_per_class, n_test):
         "guard": _proba(raw["test"][guarded], pick(own, guarded)),
         "guard+pooled": _proba(raw["test"][guarded], pick(pooled, guarded)),
         "start, pooled": _proba(raw["test"][:1], pick(pooled, [0])),
+        "pooled, family on the start's": _proba(raw["test"][members],
+                                                pick(_fit(clf, pooled_raw, pooled_y, start_kind), members)),
+        "pooled, family on the kept's": _proba(raw["test"][members],
+                                               pick(_fit(clf, pooled_raw, pooled_y, kept_kind), members)),
     }
     for name, proba in variants.items():
         m = prediction_metrics(split.y_test, proba, clf.classes_)
@@ -130,13 +139,14 @@ def run_one(task, method, seed, n_per_class, n_test):
 
 def table(out):
     rows = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(out, "*.json")))]
-    names = ["fitted", "pooled", "guard", "guard+pooled", "start, pooled"]
+    names = ["fitted", "pooled", "guard", "guard+pooled", "start, pooled", "pooled, family on the start's",
+             "pooled, family on the kept's"]
     lines = ["| task | method | seeds | " + " | ".join(names) + " | guard kept | train NLL start/kept | "
              "val NLL start/kept | test NLL start/kept |", "|---" * (len(names) + 7) + "|"]
     for key in sorted({(r["task"], r["method"]) for r in rows}):
         sel = [r for r in rows if (r["task"], r["method"]) == key]
         cells = [" / ".join(f"{np.mean([r[n][m] for r in sel]):.3f}" for m in ("accuracy", "log_loss", "ece"))
-                 for n in names]
+                 if all(n in r for r in sel) else "" for n in names]
         kept = np.mean([np.mean(r["kept_by_guard"]) for r in sel])
         nll = [f"{np.mean([r[f'{p}_nll_start'] for r in sel]):.3f} / {np.mean([r[f'{p}_nll_kept'] for r in sel]):.3f}"
                for p in ("train", "val", "test")]
