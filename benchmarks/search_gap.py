@@ -37,6 +37,7 @@ from skprompt._estimator import validation_split
 from skprompt.datasets import few_shot_split, load_task
 from skprompt.evaluation import prediction_metrics
 from skprompt.models import default_backend
+from skprompt.readout import DEFAULT_TOP_K, apply_readout, choose_readout, fit_readout, fit_token_readout
 from skprompt.whitebox import GradientPromptClassifier
 
 #: name -> (estimator, parameters); the black-box rows start from the defaults.
@@ -96,13 +97,33 @@ def run_one(task, name, seed, model, n_test):
         metrics = prediction_metrics(labels, clf.predict_proba(texts), clf.classes_)
         for key in ("accuracy", "log_loss", "ece"):
             row[f"{part}_{key}"] = float(metrics[key])
+    if kind == "white":  # the same prompt read out as the black box reads its prompts ("auto" on every fit text)
+        proba, family = _with_readout(backend, clf.prompt_embeddings_, X, y, list(split.X_test), clf.classes_)
+        metrics = prediction_metrics(split.y_test, proba, clf.classes_)
+        row["readout"] = family
+        for key in ("accuracy", "log_loss", "ece"):
+            row[f"test_{key}_with_readout"] = float(metrics[key])
     return row
+
+
+def _with_readout(backend, prompt, X, y, test, classes):
+    """Test probabilities of ``prompt`` through the read-out ``calibration="auto"`` would fit on ``X, y``."""
+    k = min(DEFAULT_TOP_K, backend.max_top_k)
+    fit, out = backend.score(prompt, list(X), list(classes), top_k=k), backend.score(prompt, test, list(classes), top_k=k)
+    y_idx = np.searchsorted(classes, y)
+    family, _ = choose_readout(fit, y_idx, n_classes=len(classes))
+    if family == "topk":
+        readout = fit_token_readout(fit, y_idx, len(classes))
+    else:
+        readout = (*fit_readout(fit[..., : len(classes)], y_idx, family), None)
+    return np.exp(apply_readout(out, *readout))[0], family
 
 
 def table(out):
     rows = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(out, "*.json")))]
     cols = [f"{p}_{m}" for p in ("train", "val", "test") for m in ("accuracy", "log_loss")]
     lines = ["| row | seeds | " + " | ".join(cols) + " | test ECE | queries |", "|---" * (len(cols) + 4) + "|"]
+    extra = []
     for name in ROWS:
         sel = [r for r in rows if r["row"] == name]
         if not sel:
@@ -111,6 +132,13 @@ def table(out):
         lines.append(f"| {name} | {','.join(str(r['seed']) for r in sel)} | "
                      + " | ".join(cell(c) for c in cols)
                      + f" | {cell('test_ece')} | {np.mean([r['n_queries'] for r in sel]):.0f} |")
+        with_readout = [r for r in sel if "test_accuracy_with_readout" in r]
+        if with_readout:
+            extra.append(f"| {name} + the black box's read-out | {','.join(str(r['seed']) for r in with_readout)} | "
+                         + " / ".join(f"{np.mean([r[f'test_{m}_with_readout'] for r in with_readout]):.3f}"
+                                      for m in ("accuracy", "log_loss", "ece")) + " |")
+    if extra:
+        lines += ["", "| row | seeds | test accuracy / log loss / ECE |", "|---|---|---|"] + extra
     return "\n".join(lines)
 
 
