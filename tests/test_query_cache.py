@@ -191,3 +191,37 @@ def test_transformers_backend_replays_from_the_cache_file(tiny_llama_dir, tmp_pa
     other.score(prompts, texts, ["fresh", "rotten"])
     assert other.stats["disk_pairs"] == 0 and other.stats["pairs"] == 6
     assert CausalLMBackend(tiny_llama_dir, cache=path, **kw).get_params()["cache"] == path
+
+
+def _retrain_in_place(model_dir):
+    """Other weights in the same directory (a model redeployed under its old name)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.add_(0.5)
+    model.save_pretrained(model_dir)
+
+
+def test_other_weights_under_the_same_path_never_replay_old_answers(tiny_llama_dir, tmp_path):
+    import shutil
+
+    from skprompt.backends import CausalLMBackend
+    from skprompt.backends.huggingface import clear_model_cache
+
+    model_dir = str(shutil.copytree(tiny_llama_dir, tmp_path / "model"))
+    path = tmp_path / "hf.sqlite"
+    kw = dict(template="Review: {text}\nSentiment:", verbalizer={"fresh": "positive", "rotten": "negative"})
+    prompts = np.random.default_rng(0).standard_normal((3, 2, 32)).astype(np.float32)
+    texts = ["Great.", "The plot is dull."]
+    old = CausalLMBackend(model_dir, cache=path, **kw).score(prompts, texts, ["fresh", "rotten"])
+    _retrain_in_place(model_dir)
+    clear_model_cache()  # as in a new process
+    new = CausalLMBackend(model_dir, cache=path, **kw)
+    scores = new.score(prompts, texts, ["fresh", "rotten"])
+    assert new.stats["disk_pairs"] == 0 and new.stats["pairs"] == 6
+    assert not np.allclose(scores, old)
+    again = CausalLMBackend(model_dir, cache=path, **kw)  # the same new weights: replayed
+    np.testing.assert_array_equal(again.score(prompts, texts, ["fresh", "rotten"]), scores)
+    assert again.stats["disk_pairs"] == 6

@@ -250,3 +250,34 @@ def test_eight_estimators_fit_concurrently_against_one_server(server, tiny_llama
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(job, range(8)))
     assert all(len(r) == len(FIT_TEXTS) for r in results)
+
+
+def test_a_model_redeployed_under_its_old_name_never_replays_old_answers(tiny_llama_dir, key_env, tmp_path,
+                                                                         monkeypatch):
+    # The served model's name and the client's directory stay; the weights change
+    # (the client's embedding table too): the cache must not answer for them.
+    import shutil
+
+    from skprompt.backends import vllm
+    from test_query_cache import _retrain_in_place
+
+    model_dir = str(shutil.copytree(tiny_llama_dir, tmp_path / "model"))
+    cache = tmp_path / "queries.sqlite"
+    before = FakeVLLM(model_dir, api_key=KEY)
+    try:
+        first = _backend(before.url, model_dir, cache=cache)
+        prompts = _prompts(first)
+        old = first.score(prompts, FIT_TEXTS[:3], CLASSES)
+    finally:
+        before.close()
+    _retrain_in_place(model_dir)
+    monkeypatch.setattr(vllm, "_HANDLES", {})  # as in a new process
+    after = FakeVLLM(model_dir, api_key=KEY)
+    after.name = before.name
+    try:
+        second = _backend(after.url, model_dir, cache=cache)
+        new = second.score(prompts, FIT_TEXTS[:3], CLASSES)
+    finally:
+        after.close()
+    assert second.stats["disk_pairs"] == 0 and second.stats["pairs"] == len(prompts) * 3
+    assert not np.allclose(new, old)

@@ -11,6 +11,7 @@ causal model's input puts the template, the text and the soft prompt
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import numbers
 import threading
@@ -84,8 +85,22 @@ class _TokenizerHandle:
         self.tokenizer_lock = threading.Lock()  # fast tokenizers are not safe to share across threads
         self._stats = None
         self._special_prefix = None
+        self._fingerprint = None
 
     # -- embeddings -------------------------------------------------------
+    def fingerprint(self):
+        """A digest of the input-embedding table's bytes (computed once): what
+        the persistent query cache keys a model's answers by beside its name,
+        so that other weights under the same name never replay old answers."""
+        with self.lock:
+            if self._fingerprint is None:
+                weight = self.input_embeddings.weight.detach().to("cpu").contiguous()
+                digest = hashlib.blake2b(digest_size=16)
+                digest.update(str((tuple(weight.shape), weight.dtype)).encode())
+                digest.update(weight.flatten().view(torch.uint8).numpy())
+                self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
     def embedding_stats(self):
         """Mean vector and overall std of what :meth:`embed` gives over the whole vocabulary."""
         with self.lock:

@@ -125,8 +125,9 @@ class PromptBackend:
     cache : str, os.PathLike or None, default=None
         A file where every answered (prompt, text) query is kept on disk (a
         SQLite database, see :class:`~skprompt.backends.store.QueryStore`),
-        keyed by the backend's identity (model, layout, template, label
-        words), the classes, the prompt's bytes and the text. A fit that was
+        keyed by the backend's identity (model, for the transformers and vLLM
+        backends with a digest of its input-embedding table, layout,
+        template, label words), the classes, the prompt's bytes and the text. A fit that was
         interrupted (Ctrl-C, a crash, a dead server) and is run again with the
         same ``random_state`` replays its answered queries from the file and
         asks only the others: the same result as an uninterrupted fit.

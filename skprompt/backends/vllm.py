@@ -171,9 +171,11 @@ class VLLMBackend(_CausalInputs, _TokenizedBackend):
     cache_size, cache
         The in-memory and the persistent (on-disk) query caches (see
         :class:`~skprompt.backends.PromptBackend`). Answers in ``cache`` are
-        keyed by the served model's name, ``model_dir``'s tokenizer, the
-        template, label words and layout, not by ``base_url``: a restarted
-        server on another port replays them.
+        keyed by the served model's name (and its ``root`` where the server
+        reports one), a digest of ``model_dir``'s input-embedding table, its
+        tokenizer, the template, label words and layout, not by
+        ``base_url``: a restarted server on another port replays them, a
+        model redeployed under the same name with other weights does not.
 
     Notes
     -----
@@ -299,6 +301,7 @@ class VLLMBackend(_CausalInputs, _TokenizedBackend):
     def _cache_identity(self):
         return json.dumps({
             "backend": "VLLMBackend", "served_model": self._server_info()["model"],
+            "served_root": self._server_info().get("root"), "weights": self._get_handle().fingerprint(),
             "tokenizer": os.path.realpath(self.model_dir), "template": self.template,
             "verbalizer": None if self.verbalizer is None else {repr(k): v for k, v in self.verbalizer.items()},
             "prompt_position": self.prompt_position, "truncation": self.truncation,
@@ -381,7 +384,8 @@ class VLLMBackend(_CausalInputs, _TokenizedBackend):
             else:
                 raise BackendError(f"{self.base_url} does not serve {self.served_model!r}; it serves "
                                    f"{sorted(models)}.")
-            self._server = {"model": name, "max_model_len": int(models[name].get("max_model_len") or 2048)}
+            self._server = {"model": name, "max_model_len": int(models[name].get("max_model_len") or 2048),
+                            "root": models[name].get("root")}  # where the server loaded it from, if it says
         return self._server
 
     # ------------------------------------------------------------- requests

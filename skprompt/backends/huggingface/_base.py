@@ -205,7 +205,7 @@ class _HFBackend(_TokenizedBackend):
         return json.dumps({
             "backend": type(self).__name__, "model": os.path.realpath(self.model_path),
             "tokenizer": os.path.realpath(self.tokenizer_path) if self.tokenizer_path else None,
-            "dtype": self.compute_dtype,
+            "dtype": self.compute_dtype, "weights": self._get_handle().fingerprint(),
             "verbalizer": None if self.verbalizer is None else {repr(k): v for k, v in self.verbalizer.items()},
             **settings,
         }, sort_keys=True)
