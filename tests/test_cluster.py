@@ -100,3 +100,61 @@ def test_the_workers_share_one_cache_file_and_a_rerun_replays_it(client, tmp_pat
     replay = _search(FunctionBackend(unreachable, embedding_dim=model.embedding_dim, cache=path), X, y, n_jobs=1)
     assert replay.best_params_ == remote.best_params_
     np.testing.assert_array_equal(replay.cv_results_["mean_test_score"], remote.cv_results_["mean_test_score"])
+
+
+class _DiesOnce(LinearToyModel):
+    """The toy model; the first worker process to call it after ``n`` calls dies
+    (``os._exit``, as a killed worker), once per test (a marker file)."""
+
+    marker, n = None, 5
+
+    def __call__(self, prompts, texts):
+        self.seen = getattr(self, "seen", 0) + 1
+        if self.seen > self.n and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os._exit(1)
+        return super().__call__(prompts, texts)
+
+
+def test_a_worker_killed_mid_search_does_not_change_the_result(client, tmp_path):
+    _, X, y, toy = make_toy_task(n_texts=36, seed=6)
+    model = _DiesOnce(toy.n_classes, toy.n_features)
+    model.marker = str(tmp_path / "died")
+    local = _search(FunctionBackend(toy, embedding_dim=toy.embedding_dim), X, y, n_jobs=1)
+    with parallel_config(backend="dask"):
+        remote = _search(FunctionBackend(model, embedding_dim=model.embedding_dim), X, y, n_jobs=-1)
+    assert os.path.exists(model.marker)  # a worker did die mid-search; its tasks ran again elsewhere
+    assert remote.best_params_ == local.best_params_
+    np.testing.assert_array_equal(remote.cv_results_["mean_test_score"], local.cv_results_["mean_test_score"])
+
+
+def test_workers_read_the_served_model_s_key_from_their_environment(tiny_llama_dir, monkeypatch):
+    # The key is never pickled with a backend: each worker reads it from its own
+    # environment (VLLM_API_KEY), here the cluster's, not the local process's.
+    pytest.importorskip("httpx")
+    from conftest import CAUSAL_TEMPLATE, VERBALIZER
+    from fake_vllm import FakeVLLM
+
+    from skprompt.backends import VLLMBackend
+
+    key = "cluster-key-456"
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    server = FakeVLLM(tiny_llama_dir, api_key=key)
+    texts = [f"{w} film, {v}." for w in ("A great", "A terrible", "A moving", "A boring", "A lovely", "A dull")
+             for v in ("truly", "really")]
+    y = np.array(["fresh", "rotten"] * 6)
+    try:
+        backend = VLLMBackend(server.url, tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER)
+        clf = BlackBoxPromptClassifier(backend, method="bbt", max_iter=2, popsize=4, intrinsic_dim=2,
+                                       random_state=0)
+        grid = {"sigma0": [0.5, 1.0]}
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                      env={"VLLM_API_KEY": key}) as cluster, distributed.Client(cluster):
+            with parallel_config(backend="dask"):
+                remote = GridSearchCV(clf, grid, cv=2, n_jobs=-1, refit=False).fit(texts, y)
+        monkeypatch.setenv("VLLM_API_KEY", key)
+        local = GridSearchCV(clf, grid, cv=2, n_jobs=1, refit=False).fit(texts, y)
+    finally:
+        server.close()
+    assert not np.isnan(remote.cv_results_["mean_test_score"]).any()
+    np.testing.assert_array_equal(remote.cv_results_["mean_test_score"], local.cv_results_["mean_test_score"])
