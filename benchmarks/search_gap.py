@@ -25,6 +25,7 @@ is there.
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import json
 import os
@@ -32,6 +33,7 @@ import time
 
 import numpy as np
 
+from _rows import run_rows
 from skprompt import BlackBoxPromptClassifier, classifier, whitebox
 from skprompt._estimator import validation_split
 from skprompt.datasets import few_shot_split, load_task
@@ -152,21 +154,15 @@ def main():
     parser.add_argument("--out", required=True, help="folder of per-(row, seed) JSON files (resumable)")
     parser.add_argument("--table", action="store_true", help="only print the table of what is in --out")
     args = parser.parse_args()
-    os.makedirs(args.out, exist_ok=True)
     if not args.table:
         task = load_task(args.task)
-        for seed in args.seeds:
-            for name in args.rows:
-                path = os.path.join(args.out, f"{args.model}__{name.replace(' ', '_').replace(',', '')}__{seed}.json")
-                if os.path.exists(path):
-                    continue
-                row = run_one(task, name, seed, args.model, args.n_test)
-                with open(path + ".tmp", "w") as fh:
-                    json.dump(row, fh, indent=1)
-                os.replace(path + ".tmp", path)  # a killed run leaves no half-written row
-                print(f"{name} seed {seed}: train {row.get('train_accuracy', float('nan')):.3f} "
-                      f"val {row.get('val_accuracy', float('nan')):.3f} test {row['test_accuracy']:.3f} "
-                      f"(log loss {row['test_log_loss']:.3f}, {row['seconds']:.0f} s)", flush=True)
+        jobs = [(f"{args.model}__{name.replace(' ', '_').replace(',', '')}__{seed}",
+                 functools.partial(run_one, task, name, seed, args.model, args.n_test))
+                for seed in args.seeds for name in args.rows]
+        for row in run_rows(args.out, jobs):
+            print(f"{row['row']} seed {row['seed']}: train {row.get('train_accuracy', float('nan')):.3f} "
+                  f"val {row.get('val_accuracy', float('nan')):.3f} test {row['test_accuracy']:.3f} "
+                  f"(log loss {row['test_log_loss']:.3f}, {row['seconds']:.0f} s)", flush=True)
     print(table(args.out))
 
 

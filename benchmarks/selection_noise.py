@@ -25,6 +25,7 @@ seed) in ``--out``::
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import json
 import os
@@ -32,6 +33,7 @@ import time
 
 import numpy as np
 
+from _rows import run_rows
 from skprompt import BlackBoxPromptClassifier, classifier
 from skprompt._estimator import validation_split
 from skprompt.datasets import few_shot_split, load_task
@@ -165,21 +167,15 @@ def main():
     parser.add_argument("--out", required=True, help="folder of per-(task, method, seed) JSON files (resumable)")
     parser.add_argument("--table", action="store_true", help="only print the table of what is in --out")
     args = parser.parse_args()
-    os.makedirs(args.out, exist_ok=True)
     if not args.table:
         task = load_task(args.task)
-        for seed in args.seeds:
-            for method in args.methods:
-                path = os.path.join(args.out, f"{args.task}__{method}__{seed}.json")
-                if os.path.exists(path):
-                    continue
-                row = run_one(task, method, seed, args.n_per_class, args.n_test)
-                with open(path + ".tmp", "w") as fh:
-                    json.dump(row, fh, indent=1)
-                os.replace(path + ".tmp", path)
-                print(f"{method} seed {seed}: " + ", ".join(
-                    f"{n} {row[n]['log_loss']:.3f}" for n in ("fitted", "pooled", "guard", "start, pooled")),
-                    flush=True)
+        jobs = [(f"{args.task}__{method}__{seed}",
+                 functools.partial(run_one, task, method, seed, args.n_per_class, args.n_test))
+                for seed in args.seeds for method in args.methods]
+        for row in run_rows(args.out, jobs):
+            print(f"{row['method']} seed {row['seed']}: " + ", ".join(
+                f"{n} {row[n]['log_loss']:.3f}" for n in ("fitted", "pooled", "guard", "start, pooled")),
+                flush=True)
     print(table(args.out))
 
 

@@ -233,6 +233,22 @@ def test_n_jobs_gives_the_same_result(toy):
     np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
 
 
+def test_n_jobs_none_is_one_request_at_a_time_whatever_the_outer_joblib_context():
+    # Inside GridSearchCV on a Dask cluster (an outer parallel_config), a fit
+    # with n_jobs=None must not split its requests: each generation is one call.
+    from joblib import parallel_config
+
+    _, X, y, model = make_toy_task(n_texts=40, seed=3)
+    backend = FunctionBackend(model, embedding_dim=model.embedding_dim, cache_size=0)
+    with parallel_config(backend="threading", n_jobs=4):
+        make_clf(backend, max_iter=3).fit(X, y)
+    n_members, popsize = 2, 6
+    assert max(p for p, _ in model.calls) == n_members * popsize
+    model.calls.clear()
+    make_clf(backend, max_iter=3, n_jobs=2).fit(X, y)  # asked for: two requests at once
+    assert max(p for p, _ in model.calls) == n_members * popsize // 2
+
+
 def test_verbose_shows_a_progress_bar(toy, capsys):
     backend, X, y, _ = toy
     make_clf(backend, verbose=1, max_iter=3).fit(X, y)
