@@ -197,19 +197,25 @@ class PromptProblem:
         Z = np.atleast_2d(np.asarray(Z, dtype=np.float64))
         return self._readout(Z)
 
-    def pooled_readouts(self, Z):
+    def pooled_readouts(self, Z, train_weight=None):
         """Read-outs of ``Z`` refitted, in the fit's family, on their training
         and validation answers together: the kept prompts' final read-outs,
         learnt from every fit text as the zero-shot read-out is
         (docs/defaults.md, "Read-outs of the kept prompts"). The answers the
         search asked for are reused; the rest are queried (counted, budget
-        checked). Without a validation split: :meth:`readouts`."""
+        checked). ``train_weight`` (``(len(Z), n_train)``): the training
+        texts' weights in each candidate's search (bootstrap members); the
+        validation texts weigh 1. Without a validation split: :meth:`readouts`."""
         Z = np.atleast_2d(np.asarray(Z, dtype=np.float64))
         readouts = self.readouts(Z)  # also settles the family ("auto")
         if self.calibration is None or not self.has_split("val"):
             return readouts
         raw = np.concatenate([self.known_outputs(Z, "train"), self.known_outputs(Z, "val")], axis=1)
-        offsets, scales, maps = self._fit_family(raw, np.concatenate([self.y("train"), self.y("val")]))
+        weight = None
+        if train_weight is not None:
+            weight = np.concatenate([np.asarray(train_weight, dtype=np.float64),
+                                     np.ones((len(Z), self.n_texts("val")))], axis=1)
+        offsets, scales, maps = self._fit_family(raw, np.concatenate([self.y("train"), self.y("val")]), weight)
         return offsets, scales, (maps if self.calibration == "topk" else None)
 
     def outputs(self, Z, split="train", sample_weight=None):

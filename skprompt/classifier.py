@@ -633,7 +633,7 @@ class BlackBoxPromptClassifier(PromptEstimator):
         if plan.calibration is None:
             return SimpleNamespace(offsets=None, scales=None, token_maps=None, calibration=None)
         try:  # learnt from every fit text, as the zero-shot read-out is
-            offsets, scales, token_maps = problem.pooled_readouts(run.samples)
+            offsets, scales, token_maps = problem.pooled_readouts(run.samples, run.info.get("bootstrap_weights"))
         except BudgetExhausted:  # validation answers the search never asked for, beyond the budget
             offsets, scales, token_maps = problem.readouts(run.samples)
             run.exhausted = True
