@@ -183,6 +183,22 @@ def test_kept_prompts_read_outs_learn_from_every_fit_text(method, calibration, m
     assert not np.allclose(clf.offsets_, train_only, atol=1e-3)
 
 
+def test_bootstrap_members_refit_their_read_outs_with_their_weights(monkeypatch):
+    from skprompt import classifier
+
+    made, split = [], classifier.validation_split
+    monkeypatch.setattr(classifier, "validation_split", lambda *a, **k: made.append(split(*a, **k)) or made[-1])
+    backend, X, y = biased_task()
+    clf = BlackBoxPromptClassifier(backend, calibration="affine", n_prompt_tokens=1, random_state=0, max_iter=5,
+                                   method_params={"bootstrap": True}).fit(X[:40], y[:40])
+    (train_x, train_y), (val_x, val_y) = made[0]["train"], made[0]["val"]
+    raw = backend.score(clf.prompt_embeddings_, list(train_x) + list(val_x), list(clf.classes_))
+    w = np.concatenate([clf.fit_info_["bootstrap_weights"], np.ones((len(raw), len(val_x)))], axis=1)
+    offsets, scales = fit_readout(raw, np.concatenate([train_y, val_y]), "affine", sample_weight=w)
+    np.testing.assert_allclose(clf.offsets_, offsets, atol=1e-8)
+    np.testing.assert_allclose(clf.scales_, scales, atol=1e-8)
+
+
 class SwappedWordsModel:
     """Scores that rank the classes right, except that the label words of
     classes 0 and 1 trade places (``swap=True``); the prompt does nothing."""
