@@ -1,9 +1,10 @@
-"""Resumable benchmark rows: one JSON file per row in a folder."""
+"""Benchmark helpers: resumable rows (one JSON file per row in a folder), and the split a fit makes."""
 
 from __future__ import annotations
 
 import json
 import os
+
 
 
 def run_rows(out, jobs):
@@ -21,3 +22,25 @@ def run_rows(out, jobs):
             json.dump(row, fh, indent=1)
         os.replace(path + ".tmp", path)
         yield row
+
+
+class RecordSplit:
+    """Records the (train, validation) split an estimator's ``fit`` makes (either estimator)."""
+
+    def __enter__(self):
+        from skprompt import classifier, whitebox
+        from skprompt._estimator import validation_split
+
+        self._modules = classifier, whitebox
+        self.split, self._saved = None, (classifier.validation_split, whitebox.validation_split)
+
+        def record(*args, **kwargs):
+            self.split = validation_split(*args, **kwargs)
+            return self.split
+
+        classifier.validation_split = whitebox.validation_split = record
+        return self
+
+    def __exit__(self, *exc):
+        classifier, whitebox = self._modules
+        classifier.validation_split, whitebox.validation_split = self._saved

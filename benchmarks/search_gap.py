@@ -33,13 +33,12 @@ import time
 
 import numpy as np
 
-from _rows import run_rows
-from skprompt import BlackBoxPromptClassifier, classifier, whitebox
-from skprompt._estimator import validation_split
+from _rows import RecordSplit, run_rows
+from skprompt import BlackBoxPromptClassifier
 from skprompt.datasets import few_shot_split, load_task
 from skprompt.evaluation import prediction_metrics
 from skprompt.models import default_backend
-from skprompt.readout import DEFAULT_TOP_K, apply_readout, choose_readout, fit_readout, fit_token_readout
+from skprompt.readout import DEFAULT_TOP_K, apply_readout, choose_readout, fit_family
 from skprompt.whitebox import GradientPromptClassifier
 
 #: name -> (estimator, parameters); the black-box rows start from the defaults.
@@ -56,23 +55,6 @@ ROWS = {
 }
 
 
-class _RecordSplit:
-    """Records the (train, validation) split an estimator's ``fit`` makes."""
-
-    def __enter__(self):
-        self.split, self._saved = None, (classifier.validation_split, whitebox.validation_split)
-
-        def record(*args, **kwargs):
-            self.split = validation_split(*args, **kwargs)
-            return self.split
-
-        classifier.validation_split = whitebox.validation_split = record
-        return self
-
-    def __exit__(self, *exc):
-        classifier.validation_split, whitebox.validation_split = self._saved
-
-
 def run_one(task, name, seed, model, n_test):
     kind, params = ROWS[name]
     split = few_shot_split(task.texts, task.target, n_per_class=16, n_val_per_class=16, n_test=n_test,
@@ -85,7 +67,7 @@ def run_one(task, name, seed, model, n_test):
     else:
         clf = GradientPromptClassifier(backend, random_state=seed, **params)
     start = time.perf_counter()
-    with _RecordSplit() as record:
+    with RecordSplit() as record:
         clf.fit(X, y)
     seconds = time.perf_counter() - start
     parts = {"test": (list(split.X_test), split.y_test)}
@@ -114,11 +96,8 @@ def _with_readout(backend, prompt, X, y, test, classes):
     fit, out = backend.score(prompt, list(X), list(classes), top_k=k), backend.score(prompt, test, list(classes), top_k=k)
     y_idx = np.searchsorted(classes, y)
     family, _ = choose_readout(fit, y_idx, n_classes=len(classes))
-    if family == "topk":
-        readout = fit_token_readout(fit, y_idx, len(classes))
-    else:
-        readout = (*fit_readout(fit[..., : len(classes)], y_idx, family), None)
-    return np.exp(apply_readout(out, *readout))[0], family
+    offsets, scales, maps = fit_family(fit, y_idx, family, len(classes))
+    return np.exp(apply_readout(out, offsets, scales, maps if family == "topk" else None))[0], family
 
 
 def table(out):

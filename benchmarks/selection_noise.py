@@ -33,30 +33,12 @@ import time
 
 import numpy as np
 
-from _rows import run_rows
-from skprompt import BlackBoxPromptClassifier, classifier
-from skprompt._estimator import validation_split
+from _rows import RecordSplit, run_rows
+from skprompt import BlackBoxPromptClassifier
 from skprompt.datasets import few_shot_split, load_task
 from skprompt.evaluation import prediction_metrics
 from skprompt.models import default_backend
-from skprompt.readout import apply_readout, choose_readout, fit_readout, fit_token_readout
-
-
-class _RecordSplit:
-    """Records the (train, validation) split the estimator's ``fit`` makes."""
-
-    def __enter__(self):
-        self.split, self._saved = None, classifier.validation_split
-
-        def record(*args, **kwargs):
-            self.split = validation_split(*args, **kwargs)
-            return self.split
-
-        classifier.validation_split = record
-        return self
-
-    def __exit__(self, *exc):
-        classifier.validation_split = self._saved
+from skprompt.readout import apply_readout, choose_readout, fit_family
 
 
 def _raw(clf, Z, texts):
@@ -66,11 +48,8 @@ def _raw(clf, Z, texts):
 def _fit(clf, raw, y, kind=None):
     """Read-outs of the family ``kind`` (default: the one ``clf`` uses), fitted on ``raw`` answers with labels
     ``y`` (indices)."""
-    n_classes, kind = len(clf.classes_), kind or clf.calibration_
-    if kind == "topk":
-        return fit_token_readout(raw, y, n_classes)
-    offsets, scales = fit_readout(raw[..., :n_classes], y, kind)
-    return offsets, scales, None
+    offsets, scales, maps = fit_family(raw, y, kind or clf.calibration_, len(clf.classes_))
+    return offsets, scales, (maps if (kind or clf.calibration_) == "topk" else None)
 
 
 def _proba(raw, readout):
@@ -88,7 +67,7 @@ def run_one(task, method, seed, n_per_class, n_test):
     backend = default_backend(template=task.template, verbalizer=task.verbalizer)
     clf = BlackBoxPromptClassifier(backend, method=method, random_state=seed)
     start = time.perf_counter()
-    with _RecordSplit() as record:
+    with RecordSplit() as record:
         clf.fit(split.X_train, split.y_train)
     seconds = time.perf_counter() - start
     (train_x, train_y), (val_x, val_y) = record.split["train"], record.split["val"]

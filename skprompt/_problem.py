@@ -33,7 +33,7 @@ from joblib import Parallel, cpu_count, delayed
 
 from .inference.base import BudgetExhausted
 from .losses import compute_loss
-from .readout import apply_readout, choose_readout, fit_readout, fit_token_readout, identity_readout
+from .readout import apply_readout, choose_readout, fit_family, identity_readout
 
 __all__ = ["PromptProblem"]
 
@@ -178,11 +178,7 @@ class PromptProblem:
 
     def _fit_family(self, raw, y, sample_weight=None):
         """Read-outs of the fit's family on raw answers ``raw`` (n, n_texts, ...) with labels ``y``."""
-        if self.calibration == "topk":
-            return fit_token_readout(raw, y, self.n_classes, sample_weight=sample_weight, **self._l2())
-        offsets, scales = fit_readout(raw[..., : self.n_classes], y, self.calibration, sample_weight=sample_weight,
-                                      **self._l2())
-        return offsets, scales, [None] * len(raw)
+        return fit_family(raw, y, self.calibration, self.n_classes, sample_weight=sample_weight, **self._l2())
 
     def _l2(self):
         return {} if self.calibration_l2 is None else {"l2": self.calibration_l2}

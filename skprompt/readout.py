@@ -373,6 +373,16 @@ def fit_token_readout(outputs, y, n_classes, *, l2=DEFAULT_L2, token_l2=DEFAULT_
     return offsets, scales, maps
 
 
+def fit_family(outputs, y, kind, n_classes, *, sample_weight=None, **l2):
+    """Read-outs of family ``kind`` on raw answers ``outputs`` (n, n_texts,
+    ...) with labels ``y``: ``(offsets, scales, token maps)``, the maps a
+    list of ``None`` except for ``"topk"``. ``l2``: ``fit_readout``'s."""
+    if kind == "topk":
+        return fit_token_readout(outputs, y, n_classes, sample_weight=sample_weight, **l2)
+    offsets, scales = fit_readout(outputs[..., :n_classes], y, kind, sample_weight=sample_weight, **l2)
+    return offsets, scales, [None] * len(outputs)
+
+
 def cross_validated_log_loss(log_proba, y, kind, *, n_splits=5, l2=DEFAULT_L2, n_classes=None):
     """Held-out log loss of a read-out family, by stratified K-fold on the texts.
 
