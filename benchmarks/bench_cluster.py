@@ -2,8 +2,8 @@
 
 One run, on one machine: the same ``GridSearchCV`` (``--candidates`` x
 ``--cv`` fits of ``bbt`` with the bundled SmolLM2, in-process backend, one
-torch thread) run sequentially in this process, then on a
-``dask.distributed`` local cluster of two worker processes under
+torch thread) run sequentially in this process, then on
+``dask.distributed`` local clusters of one and of two worker processes under
 ``joblib.parallel_config(backend="dask")``. Reports each run's wall time and
 mean fit time, the ratio, whether the results agree, and how many models
 each worker holds after the search (1: the model was loaded once and reused
@@ -26,6 +26,10 @@ import time
 import numpy as np
 
 
+#: Extra environment of the workers (``--worker-env NAME=VALUE``).
+WORKER_ENV = {}
+
+
 def _loaded_models():
     from skprompt.backends.huggingface import _loading
 
@@ -37,6 +41,12 @@ def _warm(backend):
     return os.getpid()
 
 
+def _search(clf, grid, cv, X, y, n_jobs=1):
+    from sklearn.model_selection import GridSearchCV
+
+    return GridSearchCV(clf, grid, cv=cv, n_jobs=n_jobs, refit=False).fit(X, y).cv_results_
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--candidates", type=int, default=4)
@@ -44,7 +54,16 @@ def main():
     parser.add_argument("--max-iter", type=int, default=5)
     parser.add_argument("--n-per-class", type=int, default=16)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--worker-env", nargs="*", default=[], help="NAME=VALUE set in the workers' environment")
+    parser.add_argument("--keep-malloc-trim", action="store_true",
+                        help="keep Dask's MALLOC_TRIM_THRESHOLD_=65536 in the workers (by default it is unset, as "
+                             "docs/distributed.md advises: it makes every fit about a third slower)")
     args = parser.parse_args()
+    WORKER_ENV.update(item.split("=", 1) for item in args.worker_env)
+    if not args.keep_malloc_trim:
+        import dask
+
+        dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
 
     from distributed import Client, LocalCluster
     from joblib import parallel_config
@@ -60,34 +79,44 @@ def main():
     clf = BlackBoxPromptClassifier(backend, method="bbt", max_iter=args.max_iter, random_state=0)
     grid = {"sigma0": list(np.linspace(0.5, 1.5, args.candidates))}
     results = {"fits": args.candidates * args.cv, "machine": platform.processor() or platform.machine(),
-               "cpus": os.cpu_count()}
+               "cpus": os.cpu_count(),
+               "workers_malloc_trim_threshold": "65536 (Dask's default)" if args.keep_malloc_trim else "unset"}
     scores = {}
-    # One worker of one thread would not be a cluster run: joblib runs the tasks
-    # in this process when the backend offers one thread. The baseline is
-    # therefore this process, sequential (n_jobs=1), on one torch thread.
+    # Three runs of the same search: this process, sequential (n_jobs=1, one
+    # torch thread); a one-worker cluster; a two-worker cluster.
     start = time.perf_counter()
     search = GridSearchCV(clf, grid, cv=args.cv, n_jobs=1, refit=False).fit(split.X_train, split.y_train)
     results["search_s_1"] = time.perf_counter() - start
     results["mean_fit_s_1"] = float(np.mean(search.cv_results_["mean_fit_time"]))
     scores[1] = search.cv_results_["mean_test_score"]
     print(f"local, sequential: {results['search_s_1']:.1f} s for {results['fits']} fits", flush=True)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      env={"OMP_NUM_THREADS": "1"}) as cluster, Client(cluster) as client:
-        start = time.perf_counter()  # every worker loads the model before the search's clock starts
-        workers = list(client.scheduler_info()["workers"])
-        client.gather([client.submit(_warm, backend, pure=False, workers=[w]) for w in workers])
-        results["load_s_2"] = time.perf_counter() - start
-        start = time.perf_counter()
-        with parallel_config(backend="dask"):
-            search = GridSearchCV(clf, grid, cv=args.cv, n_jobs=-1, refit=False).fit(split.X_train, split.y_train)
-        results["search_s_2"] = time.perf_counter() - start
-        results["mean_fit_s_2"] = float(np.mean(search.cv_results_["mean_fit_time"]))
-        results["models_per_worker_2"] = sorted(client.run(_loaded_models).values())
-        scores[2] = search.cv_results_["mean_test_score"]
-    print(f"2 workers: {results['search_s_2']:.1f} s for {results['fits']} fits "
-          f"(first load {results['load_s_2']:.1f} s)", flush=True)
-    results["speedup_2_over_1"] = results["search_s_1"] / results["search_s_2"]
-    results["same_scores"] = bool(np.array_equal(scores[1], scores[2]))
+    for n in (1, 2):
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                          env={"OMP_NUM_THREADS": "1", **WORKER_ENV}) as cluster, Client(cluster) as client:
+            start = time.perf_counter()  # every worker loads the model before the search's clock starts
+            workers = list(client.scheduler_info()["workers"])
+            client.gather([client.submit(_warm, backend, pure=False, workers=[w]) for w in workers])
+            results[f"load_s_{n}w"] = time.perf_counter() - start
+            start = time.perf_counter()
+            if n == 1:
+                # joblib runs a search in the calling process when the cluster has one
+                # thread in all, so the one-worker search is sent to the worker whole,
+                # to run there task after task as that worker would.
+                cv_results = client.submit(_search, clf, grid, args.cv, split.X_train, split.y_train,
+                                           pure=False).result()
+            else:
+                with parallel_config(backend="dask"):
+                    cv_results = _search(clf, grid, args.cv, split.X_train, split.y_train, n_jobs=-1)
+            results[f"search_s_{n}w"] = time.perf_counter() - start
+            results[f"mean_fit_s_{n}w"] = float(np.mean(cv_results["mean_fit_time"]))
+            results[f"models_per_worker_{n}w"] = sorted(client.run(_loaded_models).values())
+            results[f"cpus_per_worker_{n}w"] = sorted(client.run(lambda: len(os.sched_getaffinity(0))).values())
+            scores[f"{n}w"] = cv_results["mean_test_score"]
+        print(f"{n} worker(s): {results[f'search_s_{n}w']:.1f} s for {results['fits']} fits "
+              f"(first load {results[f'load_s_{n}w']:.1f} s)", flush=True)
+    results["speedup_2w_over_1w"] = results["search_s_1w"] / results["search_s_2w"]
+    results["speedup_2w_over_process"] = results["search_s_1"] / results["search_s_2w"]
+    results["same_scores"] = bool(all(np.array_equal(scores[1], v) for v in scores.values()))
     print(json.dumps(results, indent=1))
     if args.out:
         with open(args.out, "w") as fh:

@@ -8,6 +8,9 @@ as vLLM 0.32 does (checked against the real server by tests/test_vllm.py):
 (length, hidden) tensor, or a list of them), ``max_tokens=1``, greedy
 decoding, ``logprobs`` (raw full-vocabulary log-softmax, at most 20),
 ``allowed_token_ids`` and ``return_tokens_as_token_ids``; a bearer key.
+``logprobs_mode`` is the server's ``--logprobs-mode``: ``"raw_logprobs"``
+(the default), ``"processed_logprobs"`` (after the ``allowed_token_ids``
+restriction; masked tokens listed at -9999, as vLLM does) or ``"raw_logits"``.
 """
 
 from __future__ import annotations
@@ -24,13 +27,16 @@ MAX_LOGPROBS = 20
 
 
 class FakeVLLM:
-    def __init__(self, model_dir, *, api_key=None, max_model_len=256, port=0):
+    def __init__(self, model_dir, *, api_key=None, max_model_len=256, port=0, logprobs_mode="raw_logprobs",
+                 enable_prompt_embeds=True, max_logprobs=MAX_LOGPROBS):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         self.name, self.api_key, self.max_model_len = str(model_dir), api_key, max_model_len
         self.requests = 0
+        self.logprobs_mode = logprobs_mode
+        self.enable_prompt_embeds, self.max_logprobs = enable_prompt_embeds, max_logprobs
         self.lock = threading.Lock()
         fake = self
 
@@ -88,10 +94,13 @@ class FakeVLLM:
         if body.get("model") != self.name:
             raise ValueError(f"The model `{body.get('model')}` does not exist.")
         embeds = body.get("prompt_embeds")
+        if embeds is not None and not self.enable_prompt_embeds:  # vLLM's words
+            raise ValueError("You must set `--enable-prompt-embeds` to input `prompt_embeds`.")
         embeds = embeds if isinstance(embeds, list) else [embeds]
         k = body.get("logprobs")
-        if k is not None and k > MAX_LOGPROBS:
-            raise ValueError(f"Requested sample logprobs of {k}, which is greater than max allowed: {MAX_LOGPROBS}")
+        if k is not None and k > self.max_logprobs:
+            raise ValueError(f"Requested sample logprobs of {k}, which is greater than max allowed: "
+                             f"{self.max_logprobs}")
         allowed = body.get("allowed_token_ids")
         as_ids = body.get("return_tokens_as_token_ids", False)
         choices = []
@@ -99,13 +108,15 @@ class FakeVLLM:
             x = torch.load(io.BytesIO(base64.b64decode(encoded)), weights_only=True)
             with torch.inference_mode():
                 logits = self.model(inputs_embeds=x[None].to(self.model.dtype)).logits[0, -1].float()
-            logprobs = torch.log_softmax(logits, dim=-1)
             masked = logits.clone()
             if allowed:
                 keep = torch.full_like(masked, float("-inf"))
                 keep[allowed] = 0
                 masked = masked + keep
             token = int(torch.argmax(masked))
+            logprobs = {"raw_logprobs": lambda: torch.log_softmax(logits, dim=-1), "raw_logits": lambda: logits,
+                        "processed_logprobs": lambda: torch.log_softmax(masked, dim=-1).clamp(min=-9999.0),
+                        }[self.logprobs_mode]()
 
             def name(t):
                 return f"token_id:{t}" if as_ids else self.tokenizer.decode([t])

@@ -304,6 +304,36 @@ def test_text_cache_is_reused_across_calls(llama):
     assert fresh.text_cache_info()["entries"] == 0
 
 
+def test_copies_unpickled_in_one_process_share_the_text_cache(tiny_llama_dir):
+    """As the tasks of a Dask or loky worker do: every task unpickles its own
+    copy of the estimator, and its texts are encoded once per process."""
+    import pickle
+
+    original = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0)
+    blob = pickle.dumps(original)
+    first, second = pickle.loads(blob), pickle.loads(blob)
+    prompts = random_prompts(first, 3, 2, seed=6)
+    scores = first.score(prompts, TEXTS, CLASSES)
+    assert first.text_cache_info()["misses"] == len(TEXTS)
+    np.testing.assert_allclose(second.score(prompts, TEXTS, CLASSES), scores, atol=TOL)
+    assert second.text_cache_info()["hits"] == len(TEXTS) and second.text_cache_info()["head_forwards"] == 0
+    assert second.stats["pairs"] == len(prompts) * len(TEXTS)  # the result caches stay each copy's own
+    # Another model, or another dtype, is another store.
+    other = pickle.loads(pickle.dumps(CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER,
+                                                      cache_size=0, dtype="bfloat16")))
+    other.score(prompts, TEXTS, CLASSES)
+    assert other.text_cache_info()["misses"] == len(TEXTS)
+    # The store goes with its last user.
+    import gc
+
+    from skprompt.backends.huggingface import causal
+
+    key = first._recipe_key()
+    del first, second
+    gc.collect()
+    assert key not in causal._UNPICKLED_TEXTS
+
+
 def test_text_cache_respects_memory_bound(tiny_llama_dir):
     probe = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0, prompt_position="suffix")
     prompts = random_prompts(probe, 2, 2)

@@ -201,3 +201,57 @@ def test_server_killed_mid_fit_then_resumed_from_the_cache(server, model_dir, da
     assert again.stats["pairs"] == total - answered
     np.testing.assert_array_equal(resumed.prompt_embeddings_, clean.prompt_embeddings_)
     np.testing.assert_array_equal(resumed.predict_proba(X), clean.predict_proba(X))
+
+
+@pytest.fixture(scope="module")
+def fast_server(model_dir):
+    """A server started as docs/remote.md advises for speed: processed
+    log-probabilities, prefix caching on 32-token blocks, statistics on."""
+    from vllm_server import VLLMServer, VLLMUnavailable
+
+    try:
+        srv = VLLMServer(model_dir, KEY, log_stats=True,
+                         extra_args=["--block-size", "32", "--logprobs-mode", "processed_logprobs"]).start()
+    except VLLMUnavailable as exc:
+        pytest.skip(f"vLLM cannot run on this machine ({os.uname().machine}): {exc}")
+    yield srv
+    srv.stop()
+
+
+def test_processed_logprobs_and_prefix_reuse(server, fast_server, model_dir, key_env):
+    from skprompt.datasets import load_task
+
+    task = load_task("bbc_news")  # leads of 26-51 tokens: most fill a 32-token block
+    texts = task.texts[:12]
+    classes = list(task.verbalizer)
+
+    def remote(url):
+        from skprompt.backends.vllm import VLLMBackend
+
+        return VLLMBackend(url, model_dir, template=task.template, verbalizer=task.verbalizer, cache_size=0)
+
+    fast, raw = remote(fast_server.url), remote(server.url)
+    from skprompt.backends import CausalLMBackend
+
+    local = CausalLMBackend(model_dir, template=task.template, verbalizer=task.verbalizer, cache_size=0)
+    assert fast.processed_logprobs and not raw.processed_logprobs
+    assert fast.max_top_k == 0 and raw.max_top_k == 20
+    prompts = _prompts(local, 8, seed=4, scale=1.0)
+    want = local.score(prompts, texts, classes)
+    before = fast_server.metrics()
+    got = fast.score(prompts, texts, classes)
+    after = fast_server.metrics()
+    worst = float(np.abs(got - want).max())
+    # 96 pairs at 16 per request, and no request for a label word
+    assert fast.stats["label_requests"] == 0
+    assert fast.stats["http_requests"] == 2 + 96 // 16
+    np.testing.assert_allclose(raw.score(prompts, texts, classes), want, atol=1e-3)
+    queries = after["vllm:prefix_cache_queries_total"] - before["vllm:prefix_cache_queries_total"]
+    hits = after["vllm:prefix_cache_hits_total"] - before["vllm:prefix_cache_hits_total"]
+    REPORT["processed parity max |diff|"] = f"{worst:.2e}"
+    REPORT["raw label requests (BBC, 96 pairs)"] = raw.stats["label_requests"]
+    REPORT["prefix-cache hits / queries (BBC, first call)"] = f"{hits:.0f} / {queries:.0f}"
+    assert worst < 1e-3
+    # Each text's first pair goes first: its other 7 pairs find the text's
+    # full 32-token blocks in the server's prefix cache.
+    assert hits >= 0.5 * queries

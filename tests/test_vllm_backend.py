@@ -82,9 +82,89 @@ def test_label_words_outside_the_top_logprobs_are_asked_for(server, tiny_llama_d
     top1 = _backend(server.url, tiny_llama_dir, cache_size=0, top_logprobs=1)
     prompts = _prompts(full, n=6, seed=1)
     np.testing.assert_allclose(top1.score(prompts, TEXTS, CLASSES), full.score(prompts, TEXTS, CLASSES), atol=1e-6)
-    # the key check, one request per 16 pairs, then one per class for the pairs that miss it
-    n_chunks = -(-len(prompts) * len(TEXTS) // 16)
-    assert top1.stats["http_requests"] > 1 + n_chunks
+    # the key check, the log-probabilities' mode, the pairs 16 per request, then one per class
+    # for the pairs that miss it
+    n_chunks = _scoring_requests(len(prompts), len(TEXTS))
+    assert not top1.processed_logprobs and top1.max_top_k == 1
+    assert top1.stats["label_requests"] > 0
+    assert top1.stats["http_requests"] == 2 + n_chunks + top1.stats["label_requests"]
+
+
+def _scoring_requests(n_prompts, n_texts, per_request=16):
+    """Requests for every pair: each text's first pair in a first wave (so
+    that the server's prefix cache holds the text), then the others."""
+    def ceil(n):
+        return -(-n // per_request)
+
+    return ceil(n_texts) + ceil((n_prompts - 1) * n_texts) if n_prompts > 1 else ceil(n_texts)
+
+
+def test_each_text_s_first_pair_is_answered_before_its_others(server, tiny_llama_dir, key_env, monkeypatch):
+    remote = _backend(server.url, tiny_llama_dir, cache_size=0, pairs_per_request=3, max_concurrency=4)
+    seen = []
+    answer = remote._answer_scores
+    monkeypatch.setattr(remote, "_answer_scores", lambda tensors, *a, **k: seen.append(len(tensors)) or answer(
+        tensors, *a, **k))
+    prompts = _prompts(remote, n=5, seed=4)
+    order = []
+    build = remote._layout.pair_inputs
+
+    def spy(handle, p, texts):
+        lengths, inner = build(handle, p, texts)
+        return lengths, lambda pairs: order.append(list(pairs)) or inner(pairs)
+
+    monkeypatch.setattr(remote._layout, "pair_inputs", spy)
+    local = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0)
+    np.testing.assert_allclose(remote.score(prompts, TEXTS, CLASSES), local.score(prompts, TEXTS, CLASSES),
+                               rtol=1e-5, atol=1e-5)
+    first_wave = [pair for chunk in order[:_scoring_requests(1, len(TEXTS), 3)] for pair in chunk]
+    assert sorted(first_wave) == [(j, 0) for j in range(len(TEXTS))]
+    assert sum(seen) == len(prompts) * len(TEXTS)
+
+
+@pytest.fixture(scope="module")
+def processed_server(tiny_llama_dir):
+    fake = FakeVLLM(tiny_llama_dir, api_key=KEY, logprobs_mode="processed_logprobs")
+    yield fake
+    fake.close()
+
+
+@pytest.mark.parametrize("top_logprobs", [1, 20])
+def test_processed_logprobs_need_no_request_per_label_word(processed_server, tiny_llama_dir, key_env,
+                                                           top_logprobs):
+    remote = _backend(processed_server.url, tiny_llama_dir, cache_size=0, top_logprobs=top_logprobs)
+    local = CausalLMBackend(tiny_llama_dir, template=CAUSAL_TEMPLATE, verbalizer=VERBALIZER, cache_size=0)
+    prompts = _prompts(remote, n=6, seed=1)
+    np.testing.assert_allclose(remote.score(prompts, TEXTS, CLASSES), local.score(prompts, TEXTS, CLASSES),
+                               rtol=1e-5, atol=1e-5)
+    assert remote.processed_logprobs
+    n_chunks = _scoring_requests(len(prompts), len(TEXTS))
+    assert remote.stats["label_requests"] == 0
+    assert remote.stats["http_requests"] == 2 + n_chunks  # the key check and the mode, asked once
+    remote.score(_prompts(remote, n=2, seed=2), TEXTS, CLASSES)
+    assert remote.stats["http_requests"] == 2 + n_chunks + _scoring_requests(2, len(TEXTS))
+    # its top tokens are the label words only: no "topk" read-out, and 'auto' does not offer it
+    assert remote.max_top_k == 0
+    with pytest.raises(ValueError, match="max_top_k=0"):
+        BlackBoxPromptClassifier(remote, calibration="topk", max_iter=1).fit(FIT_TEXTS, FIT_Y)
+
+
+@pytest.mark.parametrize("server_options, backend_options, message", [
+    ({"logprobs_mode": "raw_logits"}, {}, "--logprobs-mode raw_logprobs.*not raw_logits"),
+    ({"enable_prompt_embeds": False}, {}, "start the server with --enable-prompt-embeds"),
+    ({"max_logprobs": 5}, {"top_logprobs": 8}, "start the server with --max-logprobs 8, or pass a smaller"),
+])
+def test_a_server_without_a_needed_feature_fails_before_any_query(tiny_llama_dir, key_env, server_options,
+                                                                   backend_options, message):
+    fake = FakeVLLM(tiny_llama_dir, api_key=KEY, **server_options)
+    try:
+        clf = BlackBoxPromptClassifier(_backend(fake.url, tiny_llama_dir, **backend_options), method="bbt",
+                                       max_iter=2, random_state=0)
+        with pytest.raises(BackendError, match=message):
+            clf.fit(FIT_TEXTS, FIT_Y)
+        assert fake.requests == 1  # the probe of the mode, no scoring request
+    finally:
+        fake.close()
 
 
 def test_top_tokens_equal_the_in_process_backend_s(server, tiny_llama_dir, key_env):

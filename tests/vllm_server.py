@@ -84,10 +84,16 @@ class VLLMServer:
     max_model_len : int, default=512
     log_path : str or None
         Where the server's output goes (default: next to the venv).
+    extra_args : sequence of str
+        More server flags, e.g. ``["--block-size", "16"]``.
+    log_stats : bool, default=False
+        Keep vLLM's statistics on (``/metrics`` then counts prefix-cache
+        queries and hits); off by default, as it costs a little per step.
     """
 
-    def __init__(self, model_dir, api_key, *, max_model_len=512, log_path=None):
+    def __init__(self, model_dir, api_key, *, max_model_len=512, log_path=None, extra_args=(), log_stats=False):
         self.model_dir, self.api_key, self.max_model_len = str(model_dir), api_key, max_model_len
+        self.extra_args, self.log_stats = [str(a) for a in extra_args], bool(log_stats)
         self.python = ensure_venv()
         self.log_path = Path(log_path or venv_dir().parent / "vllm-server.log")
         self.process = None
@@ -106,7 +112,8 @@ class VLLMServer:
         command = [str(self.python), "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_dir,
                    "--enable-prompt-embeds", "--dtype", "float32", "--max-model-len", str(self.max_model_len),
                    "--host", "127.0.0.1", "--port", str(self.port), "--enforce-eager", "--api-key", self.api_key,
-                   "--gpu-memory-utilization", "0.2", "--disable-log-stats"]
+                   "--gpu-memory-utilization", "0.2", *([] if self.log_stats else ["--disable-log-stats"]),
+                   *self.extra_args]
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)
@@ -125,6 +132,21 @@ class VLLMServer:
             time.sleep(2)
         self.stop()
         raise VLLMUnavailable(f"the vLLM server did not answer /health within {START_TIMEOUT} s: {self.log_tail()}")
+
+    def metrics(self):
+        """{name: value} of the server's Prometheus counters and gauges (``/metrics``), summed over labels."""
+        import httpx
+
+        out = {}
+        for line in httpx.get(self.url + "/metrics", timeout=30).text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                name = name.split("{", 1)[0]
+                try:
+                    out[name] = out.get(name, 0.0) + float(value)
+                except ValueError:
+                    pass
+        return out
 
     def log_tail(self, n=1500):
         try:

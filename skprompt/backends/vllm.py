@@ -48,6 +48,10 @@ _SCALED_EMBEDDINGS = ("gemma", "gemma2", "gemma3", "gemma3_text")
 #: server failed or is overloaded) may succeed later; other 4xx never will.
 _RETRY_STATUS = {429} | set(range(500, 600))
 
+#: What vLLM lists for a token its processed log-probabilities masked out
+#: (``-9999.0``); a raw log-probability is never this low.
+_PROCESSED_FILLER = -9000.0
+
 
 class _ClientHandle(_TokenizerHandle):
     """The client's half of a served model: its tokenizer and input-embedding
@@ -181,7 +185,10 @@ class VLLMBackend(_CausalInputs, _TokenizedBackend):
     -----
     Requests are idempotent (greedy decoding of one token), so retries never
     change a result. ``stats`` adds ``http_requests`` (every HTTP request,
-    retries and key checks included) and ``unknown_answers``.
+    retries and key checks included), ``label_requests`` (those of them
+    that read a label word outside the top log-probabilities; none from a
+    server started with ``--logprobs-mode processed_logprobs``, see
+    :attr:`processed_logprobs`) and ``unknown_answers``.
 
     The key is checked (``GET /v1/models``) before any query of a fit, so a
     wrong or missing key fails with a clear error at once.
@@ -245,7 +252,7 @@ class VLLMBackend(_CausalInputs, _TokenizedBackend):
             self._class_token_ids(list(self.verbalizer))
 
     # ------------------------------------------------------------- state
-    _STATS_KEYS = PromptBackend._STATS_KEYS + ("http_requests", "unknown_answers")
+    _STATS_KEYS = PromptBackend._STATS_KEYS + ("http_requests", "label_requests", "unknown_answers")
 
     def _init_runtime_state(self):
         super()._init_runtime_state()
@@ -315,9 +322,10 @@ class VLLMBackend(_CausalInputs, _TokenizedBackend):
         return None
 
     def check_classes(self, classes):
-        """Check the label words, and the server and its key (before any query of a fit)."""
+        """Check the label words, the server, its key and what its log-probabilities are (before any query of a fit)."""
         self._class_token_ids(list(classes))
         self._server_info()
+        self.processed_logprobs  # noqa: B018 -- asked here so that logits fail before any query
 
     # ------------------------------------------------------------- HTTP
     def _key(self):
@@ -399,23 +407,85 @@ class VLLMBackend(_CausalInputs, _TokenizedBackend):
         # The same inputs as CausalLMBackend's, laid out by the shared _CausalLayout.
         _, build = self._layout.pair_inputs(self._get_handle(), prompts, texts)
         pairs = [(p, j) for j in range(len(texts)) for p in range(prompts.shape[0])]
-        chunks = [pairs[k:k + self.pairs_per_request] for k in range(0, len(pairs), self.pairs_per_request)]
+        # Text-major; where the text comes before the prompt, each text's first
+        # pair goes in a first wave, so that the server's prefix cache holds the
+        # text when its other pairs arrive (pairs computed in one step of the
+        # server share nothing). See docs/remote.md, "Prefix reuse".
+        if self.prompt_position != "prefix" and prompts.shape[0] > 1:
+            waves = [[pair for pair in pairs if pair[0] == 0], [pair for pair in pairs if pair[0] != 0]]
+        else:
+            waves = [pairs]
 
         def job(chunk):
             return answer(build([(j, p) for p, j in chunk]), token_ids, server["model"])
 
-        if len(chunks) == 1 or self.max_concurrency == 1:
-            results = [job(c) for c in chunks]
-        else:
-            with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(chunks))) as pool:
-                results = list(pool.map(job, chunks))
-        return pairs, [r for chunk_result in results for r in chunk_result]
+        answers = {}
+        for wave in waves:
+            chunks = [wave[k:k + self.pairs_per_request] for k in range(0, len(wave), self.pairs_per_request)]
+            if len(chunks) == 1 or self.max_concurrency == 1:
+                results = [job(c) for c in chunks]
+            else:
+                with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(chunks))) as pool:
+                    results = list(pool.map(job, chunks))
+            answers.update(zip(wave, (r for chunk_result in results for r in chunk_result)))
+        return pairs, [answers[pair] for pair in pairs]
 
     # ------------------------------------------------------------- scoring
     @property
     def max_top_k(self):
-        """The ``top_logprobs`` asked of the server with every answer (0 for a label-only backend)."""
-        return 0 if self.labels_only else self.top_logprobs
+        """The ``top_logprobs`` asked of the server with every answer: 0 for a
+        label-only backend, and for a server that reports processed
+        log-probabilities (its top tokens are then the label words only)."""
+        if self.labels_only or self.processed_logprobs:
+            return 0
+        return self.top_logprobs
+
+    @property
+    def processed_logprobs(self):
+        """bool: whether the server reports log-probabilities after the
+        ``allowed_token_ids`` restriction (vLLM's ``--logprobs-mode
+        processed_logprobs``): every label word is then in every answer, and
+        no label word costs another request. Asked once (one request of one
+        input), after the key check; ``False`` for a label-only backend."""
+        if self.labels_only:
+            return False
+        info = self._server_info()
+        if "processed_logprobs" not in info:  # two threads may both ask: the same answer
+            info["processed_logprobs"] = self._detect_logprobs_mode(info["model"])
+        return info["processed_logprobs"]
+
+    def _detect_logprobs_mode(self, model):
+        """True for processed log-probabilities, False for raw ones; an error for logits."""
+        # One input (the embedding of token 0), two allowed tokens, three
+        # values asked. Raw log-probabilities: three tokens of the whole
+        # vocabulary, probabilities summing to at most 1. Processed: the two
+        # allowed tokens, summing to 1, and vLLM's -9999 (or nothing) for the
+        # rest. Logits (the *_logits modes) are no probabilities at all.
+        probe = self._get_handle().input_embeddings.weight[:1].detach()
+        asked = max(self.top_logprobs, 3)  # as many as a scoring request asks: the server's cap shows here
+        try:
+            choice = self._completions(model, [_encode_embeds(probe)], logprobs=asked, allowed_token_ids=[0, 1],
+                                       return_tokens_as_token_ids=True)[0]
+        except BackendError as exc:
+            message = str(exc)
+            if "prompt-embeds" in message or "prompt_embeds" in message:
+                raise BackendError(f"{self.base_url} does not take soft prompts: start the server with "
+                                   f"--enable-prompt-embeds ({message})") from exc
+            if "logprobs" in message:
+                raise BackendError(f"{self.base_url} allows fewer log-probabilities than top_logprobs={asked}: start "
+                                   f"the server with --max-logprobs {asked}, or pass a smaller top_logprobs "
+                                   f"({message})") from exc
+            raise
+        top = _top_logprobs(choice, sampled=False)
+        listed = [v for v in top.values() if v > _PROCESSED_FILLER]
+        others = [v for t, v in top.items() if t not in (0, 1) and v > _PROCESSED_FILLER]
+        total = sum(math.exp(min(v, 50.0)) for v in listed)
+        if not listed or total > 1 + 1e-3:
+            raise BackendError(
+                f"{self.base_url} does not report log-probabilities (its answer lists {len(top)} values summing to "
+                f"{total:.3g} in probability): start the server with --logprobs-mode raw_logprobs (the default) or "
+                "processed_logprobs, not raw_logits or processed_logits.")
+        return not others and all(t in top for t in (0, 1)) and abs(math.log(total)) < 1e-3
 
     def _score(self, prompt_embeddings, texts, classes, top_k=0):
         if self.labels_only:
@@ -457,6 +527,8 @@ class VLLMBackend(_CausalInputs, _TokenizedBackend):
         for c, token in enumerate(token_ids):
             missing = [i for i, row in enumerate(rows) if row[c] is None]
             if missing:
+                with self._lock:
+                    self._stats["label_requests"] += 1
                 only = self._completions(model, [embeds[i] for i in missing], logprobs=1, allowed_token_ids=[token],
                                          return_tokens_as_token_ids=True)
                 for i, choice in zip(missing, only):
