@@ -232,6 +232,10 @@ def test_auto_read_out_is_the_linear_map_where_it_cross_validates_better(method)
         assert auto.calibration_ == report["chosen"] == expected, report
         fixed = BlackBoxPromptClassifier(backend, calibration="affine", **kw).fit(texts[:60], y[:60])
         assert auto.n_queries_ == fixed.n_queries_  # the choice costs no query
+        if method != "zero-shot":  # chosen by the search on its training texts, then again on all 60
+            assert report["n_texts"] == 60 and report["search_report"]["n_texts"] < 60
+            assert report["search_chosen"] == report["search_report"]["chosen"] == expected
+            assert "chosen again" in report["reason"]
         if swap:
             assert auto.score(texts[60:], y[60:]) > 0.9 > fixed.score(texts[60:], y[60:]) + 0.2
             assert report["cv_log_loss"]["linear"] < report["cv_log_loss"]["affine"]
