@@ -139,8 +139,8 @@ class BlackBoxPromptClassifier(PromptEstimator):
         training texts anyway; the CMA-ES start and VI's validation draws
         pay for their training scores, within ``budget``); the search then
         ranks prompts by their
-        *calibrated* loss. Every kept prompt's read-out is then refitted, in
-        the same family, on the training and validation texts together (no
+        *calibrated* loss. Every kept prompt's read-out is then refitted
+        on the training and validation texts together (no
         query for ``bbt`` and ``ensemble``, whose kept prompts were
         validated; ``n_prompts x n_val`` for ``vi``'s fresh draws) and kept
         (``offsets_``, ``scales_``, ``token_maps_``), applied by
@@ -151,8 +151,11 @@ class BlackBoxPromptClassifier(PromptEstimator):
         score-based predictions, the family of
         :data:`~skprompt.readout.AUTO_CALIBRATIONS` with the lowest
         cross-validated log loss on the first training scores the fit asks
-        for (``"topk"`` where the backend returns top tokens) (:func:`~skprompt.readout.choose_readout`; no extra query;
-        ``calibration_``, ``fit_info_["calibration"]``); ``None`` for
+        for (``"topk"`` where the backend returns top tokens)
+        (:func:`~skprompt.readout.choose_readout`; no extra query), used by
+        the search; then chosen again, on the kept prompts' answers to every
+        fit text, for their final read-outs (``calibration_``;
+        ``fit_info_["calibration"]`` has both choices); ``None`` for
         vote-based ones. Needs class scores: an
         explicit value with a likelihood-free method or a label-only backend
         is an error. ``None``: the raw scores.
