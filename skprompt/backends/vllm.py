@@ -14,6 +14,7 @@ same model, prompts and texts the two give the same class log-probabilities
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import io
 import json
@@ -419,15 +420,14 @@ class VLLMBackend(_CausalInputs, _TokenizedBackend):
         def job(chunk):
             return answer(build([(j, p) for p, j in chunk]), token_ids, server["model"])
 
+        chunked = [[wave[k:k + self.pairs_per_request] for k in range(0, len(wave), self.pairs_per_request)]
+                   for wave in waves]
+        workers = min(self.max_concurrency, max(len(chunks) for chunks in chunked))
         answers = {}
-        for wave in waves:
-            chunks = [wave[k:k + self.pairs_per_request] for k in range(0, len(wave), self.pairs_per_request)]
-            if len(chunks) == 1 or self.max_concurrency == 1:
-                results = [job(c) for c in chunks]
-            else:
-                with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(chunks))) as pool:
-                    results = list(pool.map(job, chunks))
-            answers.update(zip(wave, (r for chunk_result in results for r in chunk_result)))
+        with ThreadPoolExecutor(max_workers=workers) if workers > 1 else contextlib.nullcontext() as pool:
+            for wave, chunks in zip(waves, chunked):  # one wave after the other, its chunks concurrently
+                results = pool.map(job, chunks) if pool is not None else map(job, chunks)
+                answers.update(zip(wave, (r for chunk_result in results for r in chunk_result)))
         return pairs, [answers[pair] for pair in pairs]
 
     # ------------------------------------------------------------- scoring
