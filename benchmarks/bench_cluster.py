@@ -26,10 +26,6 @@ import time
 import numpy as np
 
 
-#: Extra environment of the workers (``--worker-env NAME=VALUE``).
-WORKER_ENV = {}
-
-
 def _loaded_models():
     from skprompt.backends.huggingface import _loading
 
@@ -59,7 +55,7 @@ def main():
                         help="keep Dask's MALLOC_TRIM_THRESHOLD_=65536 in the workers (by default it is unset, as "
                              "docs/distributed.md advises: it makes every fit about a third slower)")
     args = parser.parse_args()
-    WORKER_ENV.update(item.split("=", 1) for item in args.worker_env)
+    worker_env = {"OMP_NUM_THREADS": "1", **dict(item.split("=", 1) for item in args.worker_env)}
     if not args.keep_malloc_trim:
         import dask
 
@@ -92,7 +88,7 @@ def main():
     print(f"local, sequential: {results['search_s_1']:.1f} s for {results['fits']} fits", flush=True)
     for n in (1, 2):
         with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                          env={"OMP_NUM_THREADS": "1", **WORKER_ENV}) as cluster, Client(cluster) as client:
+                          env=worker_env) as cluster, Client(cluster) as client:
             start = time.perf_counter()  # every worker loads the model before the search's clock starts
             workers = list(client.scheduler_info()["workers"])
             client.gather([client.submit(_warm, backend, pure=False, workers=[w]) for w in workers])
