@@ -6,7 +6,8 @@ with the default read-out, the white box on the full prompt, the white box
 restricted to the black-box search space (gradient through the same random
 projection from the same start: ``GradientPromptClassifier(intrinsic_dim=)``),
 and CMA-ES (``bbt``) at 1x / 3x / 10x its default iterations, with
-``intrinsic_dim`` 200 / 500 and ``sigma0`` 0.3. Each row reports accuracy and
+``intrinsic_dim`` 200 / 500, ``sigma0`` 0.3 and five more prompt vectors
+before the template's tail (``n_prompt_tokens``). Each row reports accuracy and
 log loss on the texts the search trained on, its validation texts and the
 test texts, so that under-optimisation (train loss stays high) and
 over-fitting (train falls, validation and test do not) can be told apart.
@@ -52,6 +53,8 @@ ROWS = {
     "bbt d=200": ("black", {"method": "bbt", "intrinsic_dim": 200}),
     "bbt d=500": ("black", {"method": "bbt", "intrinsic_dim": 500}),
     "bbt sigma0=0.3": ("black", {"method": "bbt", "sigma0": 0.3}),
+    # more prompt capacity: 5 free vectors before the tail's (at the mean input embedding at z = 0)
+    "bbt tail+5": ("black", {"method": "bbt", "extra_prompt_tokens": 5}),
 }
 
 
@@ -62,6 +65,9 @@ def run_one(task, name, seed, model, n_test):
     X = list(split.X_train) + list(split.X_val)
     y = np.concatenate([split.y_train, split.y_val])
     backend = default_backend(template=task.template, verbalizer=task.verbalizer, model=model)
+    params = dict(params)
+    if "extra_prompt_tokens" in params:
+        params["n_prompt_tokens"] = backend.default_prompt_length + params.pop("extra_prompt_tokens")
     if kind == "black":
         clf = BlackBoxPromptClassifier(backend, random_state=seed, **params)
     else:
@@ -93,7 +99,8 @@ def run_one(task, name, seed, model, n_test):
 def _with_readout(backend, prompt, X, y, test, classes):
     """Test probabilities of ``prompt`` through the read-out ``calibration="auto"`` would fit on ``X, y``."""
     k = min(DEFAULT_TOP_K, backend.max_top_k)
-    fit, out = backend.score(prompt, list(X), list(classes), top_k=k), backend.score(prompt, test, list(classes), top_k=k)
+    fit = backend.score(prompt, list(X), list(classes), top_k=k)
+    out = backend.score(prompt, test, list(classes), top_k=k)
     y_idx = np.searchsorted(classes, y)
     family, _ = choose_readout(fit, y_idx, n_classes=len(classes))
     offsets, scales, maps = fit_family(fit, y_idx, family, len(classes))
