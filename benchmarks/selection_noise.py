@@ -20,6 +20,11 @@ the start and of the kept prompts. Resumable: one JSON per (task, method,
 seed) in ``--out``::
 
     OMP_NUM_THREADS=1 python benchmarks/selection_noise.py --seeds 0 1 2 --out selection_noise/
+
+``--bench-split`` fits as ``skprompt bench --size standard`` does (16 + 16
+texts per class, ``validation_fraction=0.5``, 300 test texts with
+``--n-test 300``), and ``--cache <bench out>/queries.sqlite`` replays a bench
+run's answers, so that the fits are the bench's own and cost no model call.
 """
 
 from __future__ import annotations
@@ -62,10 +67,17 @@ def _nll(raw, readout, y):
     return -logp[:, np.arange(len(y)), y]
 
 
-def run_one(task, method, seed, n_per_class, n_test):
-    split = few_shot_split(task.texts, task.target, n_per_class=n_per_class, n_test=n_test, random_state=seed)
-    backend = default_backend(template=task.template, verbalizer=task.verbalizer)
-    clf = BlackBoxPromptClassifier(backend, method=method, random_state=seed)
+def run_one(task, method, seed, n_per_class, n_test, model=None, bench_split=False, cache=None):
+    if bench_split:  # as skprompt.benchmark: k + k texts per class, all of them given to fit, half held out
+        split = few_shot_split(task.texts, task.target, n_per_class=n_per_class, n_val_per_class=n_per_class,
+                               n_test=n_test, random_state=seed)
+        split.X_train = list(split.X_train) + list(split.X_val)
+        split.y_train = np.concatenate([split.y_train, split.y_val])
+    else:
+        split = few_shot_split(task.texts, task.target, n_per_class=n_per_class, n_test=n_test, random_state=seed)
+    backend = default_backend(template=task.template, verbalizer=task.verbalizer, model=model, cache=cache)
+    clf = BlackBoxPromptClassifier(backend, method=method, random_state=seed,
+                                   **({"validation_fraction": 0.5} if bench_split else {}))
     start = time.perf_counter()
     with RecordSplit() as record:
         clf.fit(split.X_train, split.y_train)
@@ -143,13 +155,18 @@ def main():
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--n-per-class", type=int, default=16)
     parser.add_argument("--n-test", type=int, default=500)
+    parser.add_argument("--model", default=None, help="bundled model (default: skprompt's default)")
+    parser.add_argument("--bench-split", action="store_true",
+                        help="fit as `skprompt bench` does (k + k texts per class, validation_fraction=0.5)")
+    parser.add_argument("--cache", default=None, help="the backend's query cache (a bench run's queries.sqlite)")
     parser.add_argument("--out", required=True, help="folder of per-(task, method, seed) JSON files (resumable)")
     parser.add_argument("--table", action="store_true", help="only print the table of what is in --out")
     args = parser.parse_args()
     if not args.table:
         task = load_task(args.task)
         jobs = [(f"{args.task}__{method}__{seed}",
-                 functools.partial(run_one, task, method, seed, args.n_per_class, args.n_test))
+                 functools.partial(run_one, task, method, seed, args.n_per_class, args.n_test,
+                                   args.model, args.bench_split, args.cache))
                 for seed in args.seeds for method in args.methods]
         for row in run_rows(args.out, jobs):
             print(f"{row['method']} seed {row['seed']}: " + ", ".join(
