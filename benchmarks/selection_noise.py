@@ -40,6 +40,7 @@ import numpy as np
 
 from _rows import RecordSplit, run_rows
 from skprompt import BlackBoxPromptClassifier
+from skprompt.benchmark import make_estimator
 from skprompt.datasets import few_shot_split, load_task
 from skprompt.evaluation import prediction_metrics
 from skprompt.models import default_backend
@@ -76,8 +77,8 @@ def run_one(task, method, seed, n_per_class, n_test, model=None, bench_split=Fal
     else:
         split = few_shot_split(task.texts, task.target, n_per_class=n_per_class, n_test=n_test, random_state=seed)
     backend = default_backend(template=task.template, verbalizer=task.verbalizer, model=model, cache=cache)
-    clf = BlackBoxPromptClassifier(backend, method=method, random_state=seed,
-                                   **({"validation_fraction": 0.5} if bench_split else {}))
+    clf = (make_estimator(method, backend, seed, budget=None) if bench_split
+           else BlackBoxPromptClassifier(backend, method=method, random_state=seed))
     start = time.perf_counter()
     with RecordSplit() as record:
         clf.fit(split.X_train, split.y_train)
