@@ -344,7 +344,7 @@ CURVE_METHODS = ("bbt", "ensemble", "vi", "gradient")
 
 def run_learning_curves(out_dir, *, tasks=("rotten_tomatoes", "bbc_news"), methods=CURVE_METHODS,
                         seeds=(0, 1, 2), multipliers=(1, 3, 10), k=16, n_test=300, backend_factory=None,
-                        progress=True, plots=True, run_missing=True):
+                        progress=True, plots=True, run_missing=True, cache=False):
     """Accuracy, ECE and NLL against the fit's query budget.
 
     Each method runs at its defaults with ``max_iter`` multiplied by each of
@@ -368,6 +368,11 @@ def run_learning_curves(out_dir, *, tasks=("rotten_tomatoes", "bbc_news"), metho
         ``False``: run nothing; make the table and the figures from the runs
         already in ``out_dir`` (those of the same ``k`` and ``n_test``), e.g.
         when only part of a grid fitted in the time there was.
+    cache : bool, default=False
+        Keep every answered query in ``out_dir/queries.sqlite`` (the default
+        backend's ``cache=``), so that a run stopped in the middle of a long
+        fit (a 10x budget) replays what it had asked when resumed. Needs the
+        default backend: a ``backend_factory`` sets its own ``cache=``.
 
     Returns
     -------
@@ -387,13 +392,16 @@ def run_learning_curves(out_dir, *, tasks=("rotten_tomatoes", "bbc_news"), metho
         raise ValueError(f"tasks: unknown {bad_tasks}; expected some of {list(OOD_SOURCES)}.")
     if not multipliers or not all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in multipliers):
         raise ValueError(f"multipliers: expected positive ints; got {multipliers!r}.")
+    if cache and backend_factory is not None:
+        raise ValueError("cache: only for the default backend; give backend_factory's backends their own cache=.")
+    out_dir = Path(out_dir)
     if backend_factory is None:
         from .models import default_backend
 
         def backend_factory(task):
-            return default_backend(template=task.template, verbalizer=task.verbalizer)
+            return default_backend(template=task.template, verbalizer=task.verbalizer,
+                                   cache=(out_dir / "queries.sqlite") if cache else None)
 
-    out_dir = Path(out_dir)
     (out_dir / "runs").mkdir(parents=True, exist_ok=True)
     key = hashlib.sha1(json.dumps({"k": k, "n_test": n_test}).encode()).hexdigest()[:12]
     records = []

@@ -109,7 +109,8 @@ def _curves(args):
     start = time.perf_counter()
     run_learning_curves(out, tasks=tuple(args.tasks), methods=tuple(args.methods), seeds=tuple(args.seeds),
                         multipliers=tuple(args.multipliers), k=args.n_per_class, n_test=args.n_test,
-                        progress=not args.quiet, plots=not args.no_plots, run_missing=not args.report_only)
+                        progress=not args.quiet, plots=not args.no_plots, run_missing=not args.report_only,
+                        cache=args.cache)
     print((Path(out) / "curves.md").read_text())
     print(f"done in {(time.perf_counter() - start) / 60:.1f} min")
     return 0
@@ -163,6 +164,9 @@ def _parser():
     curves.add_argument("--n-test", type=int, default=300, help="test texts (default: 300)")
     curves.add_argument("--out", default="bench_results/curves", help="output folder; an existing one resumes")
     curves.add_argument("--no-plots", action="store_true", help="skip the figures")
+    curves.add_argument("--cache", action="store_true",
+                        help="keep every answered query in <out>/queries.sqlite: a run stopped inside a long fit "
+                             "replays what it had asked when resumed")
     curves.add_argument("--quiet", action="store_true", help="no progress bars")
     curves.add_argument("--report-only", action="store_true",
                         help="run nothing: table and figures from the runs already in --out")

@@ -136,5 +136,40 @@ def test_learning_curves_write_a_resumable_table_and_figure(tmp_path):
     assert "| rotten_tomatoes | bbt | 1 | 1 |" in (tmp_path / "curves.md").read_text()
     with pytest.raises(ValueError, match="multipliers"):
         run_learning_curves(tmp_path, **{**kw, "multipliers": (0,)})
+    with pytest.raises(ValueError, match="cache"):
+        run_learning_curves(tmp_path, **{**kw, "cache": True})
     with pytest.raises(ValueError, match="methods"):
         run_learning_curves(tmp_path, **{**kw, "methods": ("snpe",)})
+
+
+def test_learning_curves_cache_replays_a_stopped_run(tmp_path, monkeypatch):
+    # cache=True gives the default backend <out>/queries.sqlite: a run whose
+    # file is missing (stopped before it was written) is fitted again from the
+    # disk, asking the model nothing, and gives the same numbers.
+    import skprompt.models
+    from skprompt.benchmark import run_learning_curves
+    from skprompt.datasets import load_task
+
+    calls = []
+
+    def toy_default(template, verbalizer, cache=None):
+        toy = _toy_backend(load_task("rotten_tomatoes"))
+        fn = toy.fn
+
+        def counted(prompts, texts):
+            calls.append(len(prompts) * len(texts))
+            return fn(prompts, texts)
+
+        counted.__qualname__ = "toy_curves"
+        return type(toy)(counted, embedding_dim=toy.embedding_dim, cache=cache)
+
+    monkeypatch.setattr(skprompt.models, "default_backend", toy_default)
+    kw = dict(tasks=("rotten_tomatoes",), methods=("bbt",), seeds=(0,), multipliers=(1,), k=4, n_test=20,
+              progress=False, plots=False, cache=True)
+    first = run_learning_curves(tmp_path, **kw)
+    assert sum(calls) > 0 and (tmp_path / "queries.sqlite").stat().st_size > 0
+    (tmp_path / "runs" / "rotten_tomatoes__bbt__x1__0.json").unlink()
+    calls.clear()
+    again = run_learning_curves(tmp_path, **kw)
+    assert sum(calls) == 0
+    assert again[0]["accuracy"] == first[0]["accuracy"] and again[0]["log_loss"] == first[0]["log_loss"]
