@@ -392,8 +392,8 @@ def test_files_saved_before_the_transformers_package_load_and_predict_the_same(n
     params = dict(est.backend_.get_params(), model=tiny_llama_dir if name.startswith("llama") else tiny_bert_dir)
     est.backend_ = type(est.backend_)(**params)
     expected = json.loads((SAVED_BEFORE / "expected.json").read_text())
-    # float32 forward passes differ in the sixth decimal between CPUs (the
-    # files were saved on AVX-512, CI also runs on AVX2-only machines, where
-    # the tiny BERT's probabilities moved by 1.3e-6); a wrong class or lost
-    # parameter moves them by tenths.
+    # float32 forward passes differ in the sixth decimal between CPUs (on an
+    # AVX2-only AMD EPYC the tiny BERT's probabilities differed from the
+    # saved ones by 1.3e-6); a wrong class or a lost parameter moves them by
+    # tenths.
     np.testing.assert_allclose(est.predict_proba(expected["texts"]), expected["proba"][name], atol=1e-4)
