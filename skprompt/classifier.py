@@ -57,7 +57,7 @@ SCORE_METHODS = ("vi",)
 #: Named ways of turning votes into probabilities (``vote_smoothing``).
 VOTE_SMOOTHINGS = ("calibrated", "error")
 #: Options of ``method_params`` for ``"bbt"`` / ``"ensemble"``.
-CMA_PARAMS = ("bootstrap",)
+CMA_PARAMS = ("bootstrap", "keep_start")
 
 
 class BlackBoxPromptClassifier(PromptEstimator):
@@ -176,8 +176,13 @@ class BlackBoxPromptClassifier(PromptEstimator):
         False: each member's training loss weights the texts by its own
         Bayesian-bootstrap draw, for diversity at no extra query; off by
         default because it measured no gain on Rotten Tomatoes and BBC News,
-        docs/defaults.md; see
-        :class:`~skprompt.inference.cmaes.CMAEnsembleLearner`). ``"vi"``: ``n_mc``, ``kl_weight``, ``prior_variance``,
+        docs/defaults.md); ``keep_start`` (bool, default False: a member
+        keeps its tuned prompt only if it beats the untuned one on the
+        validation loss (log loss at ``loss="ce"``) by more than one standard error of the per-text
+        differences, else it reverts to the untuned prompt; off by default
+        because it helped where the search cost log loss and cost a little
+        where the search earned, docs/defaults.md); see
+        :class:`~skprompt.inference.cmaes.CMAEnsembleLearner`. ``"vi"``: ``n_mc``, ``kl_weight``, ``prior_variance``,
         ``init_log_var``, ``min_variance``, ``n_val_draws`` (see
         :class:`~skprompt.inference.vi.VariationalLearner`). ``"abc-smc"``:
         ``n_particles``, ``move`` (default ``"mcmc"``), ``prior_variance``,
@@ -440,8 +445,9 @@ class BlackBoxPromptClassifier(PromptEstimator):
             if unknown:
                 raise ValueError(f"method_params has unknown key(s) {unknown} for method={self.method!r}; "
                                  f"expected keys among {list(CMA_PARAMS)}.")
-            if not isinstance(params.get("bootstrap", False), (bool, np.bool_)):
-                raise ValueError(f"method_params['bootstrap'] must be a bool; got {params['bootstrap']!r}.")
+            for key in CMA_PARAMS:
+                if not isinstance(params.get(key, False), (bool, np.bool_)):
+                    raise ValueError(f"method_params[{key!r}] must be a bool; got {params[key]!r}.")
         elif params:
             raise ValueError(f"method_params must be empty for method={self.method!r}; got keys {sorted(params)}.")
         return params
@@ -482,7 +488,8 @@ class BlackBoxPromptClassifier(PromptEstimator):
         params = self._method_params()
         n_members = self.n_prompts if self.method == "ensemble" else 1
         return CMAEnsembleLearner(n_members, self.popsize, self.max_iter, self.sigma0,
-                                  bootstrap=bool(params.get("bootstrap", False)))
+                                  bootstrap=bool(params.get("bootstrap", False)),
+                                  keep_start=bool(params.get("keep_start", False)))
 
     def _expected_queries(self, learner, problem):
         """Queries an unbudgeted fit makes at most (None where it depends on

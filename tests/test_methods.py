@@ -7,6 +7,7 @@ query budget and be deterministic under random_state.
 import pickle
 import re
 import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -14,7 +15,8 @@ import pytest
 from skprompt import BlackBoxPromptClassifier, BudgetWarning
 from skprompt.backends import BackendError, FunctionBackend
 
-from toy_tasks import make_toy_task
+from sklearn.metrics import log_loss
+from toy_tasks import make_toy_task, text_features
 
 SETTINGS = {
     "bbt": dict(max_iter=40),
@@ -178,6 +180,8 @@ def test_vote_smoothing():
         ({"method": "abc-smc", "method_params": {"n_particles": 1}}, "n_particles"),
         ({"method": "ensemble", "method_params": {"n_mc": 3}}, "unknown key"),
         ({"method": "bbt", "method_params": {"bootstrap": "yes"}}, "must be a bool"),
+        ({"method": "ensemble", "method_params": {"keep_start": 1}}, r"method_params\['keep_start'\] must be a bool"),
+        ({"method": "vi", "method_params": {"keep_start": True}}, "keep_start"),
         ({"method": "zero-shot", "method_params": {"n_mc": 3}}, "method_params must be empty"),
         ({"method": "abc-smc", "calibration": "bias"}, "uses predicted labels only"),
         ({"method": "bbt", "calibration": "platt"}, "calibration must be one of"),
@@ -331,3 +335,92 @@ def test_budget_at_the_named_minimum_runs_an_iteration_with_the_read_out():
                        budget=needed).fit(X, y)
         assert clf.n_iter_ >= 1, (method, needed)
         assert clf.n_queries_ == sum(p * t for p, t in model.calls) <= needed
+
+
+# ------------------------------------------------- keep_start: the start against noise
+class NoisyPrompts:
+    """Every prompt but the start adds noise: the scores carry the label through
+    a fixed, imperfect signal, and a prompt z != 0 adds a pseudo-random term per
+    (prompt, text) that no search can learn (it changes with any change of the
+    prompt). So no tuned prompt is better than z = 0 in expectation, and a tuned
+    prompt that wins validation wins by noise."""
+
+    def __init__(self, texts, y):
+        self.signal = {t: (1.0 if c == "b" else -1.0) for t, c in zip(texts, y)}
+
+    def __call__(self, prompts, texts):
+        phi = np.stack([text_features(t, 8) for t in texts])
+        clean = np.array([self.signal[t] for t in texts]) + 1.5 * phi[:, 0]
+        out = np.repeat(clean[None], len(prompts), axis=0)
+        for p, prompt in enumerate(prompts):
+            if np.any(prompt):
+                g = np.random.default_rng(zlib.crc32(prompt.tobytes())).standard_normal(8)
+                out[p] += np.sin(50 * phi @ g)
+        return np.stack([np.zeros_like(out), out], axis=-1)
+
+
+def noisy_prompt_task():
+    rng = np.random.default_rng(0)
+    X = [f"text {i}" for i in range(400)]
+    y = np.array(["a", "b"])[rng.integers(0, 2, len(X))]
+    return FunctionBackend(NoisyPrompts(X, y), embedding_dim=16), X, y  # 5 x 16 > intrinsic_dim
+
+
+@pytest.mark.parametrize("method", ["bbt", "ensemble"])
+def test_keep_start_reverts_exactly_the_members_within_their_noise(method):
+    """At the defaults (calibration=None so that the start is the clean prompt):
+    a member reverts to z = 0 iff its validation gain over the start is at most
+    one standard error; the others keep the very prompt of the unguarded fit."""
+    backend, X, y = noisy_prompt_task()
+    reverted_any = kept_any = False
+    for seed in range(3):
+        kw = dict(method=method, calibration=None, random_state=seed)
+        plain = BlackBoxPromptClassifier(backend, **kw).fit(X[:64], y[:64])
+        guarded = BlackBoxPromptClassifier(backend, method_params={"keep_start": True}, **kw).fit(X[:64], y[:64])
+        guard = guarded.fit_info_["start_guard"]
+        for k, reverted in enumerate(guard["reverted"]):
+            assert reverted == (np.any(plain.samples_[k]) and not guard["gain"][k] > guard["se"][k])
+            expected = np.zeros_like(plain.samples_[k]) if reverted else plain.samples_[k]
+            np.testing.assert_array_equal(guarded.samples_[k], expected)
+            reverted_any |= reverted
+            kept_any |= bool(np.any(guarded.samples_[k]))
+        assert guarded.fit_info_["kept_start"] == [not np.any(z) for z in guarded.samples_]
+        assert guarded.n_queries_ == plain.n_queries_  # the start's validation answers were asked anyway
+    assert reverted_any and (kept_any or method == "bbt")
+
+
+def test_keep_start_lowers_test_log_loss_where_no_prompt_beats_the_start():
+    """bbt over seeds 0-4 on the noisy-prompt toy: the kept prompt is worse than
+    the start in expectation, so reverting it lowers the mean test log loss."""
+    backend, X, y = noisy_prompt_task()
+    plain, guarded = [], []
+    for seed in range(5):
+        kw = dict(method="bbt", calibration=None, random_state=seed)
+        for params, losses in (({}, plain), ({"keep_start": True}, guarded)):
+            clf = BlackBoxPromptClassifier(backend, method_params=params, **kw).fit(X[:64], y[:64])
+            losses.append(log_loss(y[64:], clf.predict_proba(X[64:])))
+    assert np.mean(guarded) < np.mean(plain)
+    assert sum(g != p for g, p in zip(guarded, plain)) >= 1  # some seed reverted
+
+
+@pytest.mark.parametrize("method", ["bbt", "ensemble"])
+def test_keep_start_keeps_prompts_that_clearly_win(method):
+    """On the linear toy the start is at chance and a tuned prompt near perfect:
+    the guard reverts nothing, at the defaults, and costs no query."""
+    backend, X, y, _ = make_toy_task(n_texts=80, n_features=10, seed=1)  # 5 x 20 > intrinsic_dim
+    for seed in range(3):
+        kw = dict(method=method, random_state=seed)
+        plain = BlackBoxPromptClassifier(backend, **kw).fit(X, y)
+        guarded = BlackBoxPromptClassifier(backend, method_params={"keep_start": True}, **kw).fit(X, y)
+        assert not any(guarded.fit_info_["start_guard"]["reverted"])
+        np.testing.assert_array_equal(guarded.samples_, plain.samples_)
+        assert guarded.n_queries_ == plain.n_queries_
+
+
+def test_keep_start_needs_a_validation_split():
+    backend, X, y = noisy_prompt_task()
+    kw = dict(method="bbt", calibration=None, validation_fraction=None, random_state=0)
+    plain = BlackBoxPromptClassifier(backend, **kw).fit(X[:64], y[:64])
+    guarded = BlackBoxPromptClassifier(backend, method_params={"keep_start": True}, **kw).fit(X[:64], y[:64])
+    assert "start_guard" not in guarded.fit_info_
+    np.testing.assert_array_equal(guarded.samples_, plain.samples_)

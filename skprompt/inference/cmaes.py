@@ -18,6 +18,15 @@ few validation texts ties are common, and a tuned prompt that is no better
 is only a noisier one. Without a validation split the member keeps its
 lowest training loss.
 
+Keeping the start against noise (``keep_start=True``, off by default): a
+member's kept prompt replaces the start only if its validation loss beats
+the start's by more than one standard error of their paired per-text
+differences; otherwise the member reverts to ``z = 0``. The selection keeps
+the best of ~15 generation bests on a few dozen validation texts, so a
+strictly lower validation loss is often noise (docs/defaults.md, "Read-outs
+of the kept prompts": it helped where the search cost log loss and took back
+a little where the search earned).
+
 Diversity (``bootstrap=True``): each member's training loss weights the
 training texts by its own Bayesian-bootstrap draw (Dirichlet(1, ..., 1)
 weights, Rubin 1981), so the members fit different, equally plausible
@@ -34,7 +43,7 @@ import cma
 import numpy as np
 from sklearn.utils import check_random_state
 
-from ..losses import compute_loss
+from ..losses import LOSSES, compute_loss
 from .base import BudgetExhausted, Learner, LearnerResult, SelectionSlot, request_cost
 
 __all__ = ["CMAEnsembleLearner", "make_cma", "seeded_generator"]
@@ -85,16 +94,21 @@ class CMAEnsembleLearner(Learner):
     bootstrap : bool, default=False
         Give each member its own Bayesian-bootstrap weights over the
         training texts (see the module docstring).
+    keep_start : bool, default=False
+        Revert a member to ``z = 0`` unless its kept prompt beats the start
+        on validation by more than one standard error (see the module
+        docstring). Needs a validation split; ignored without one.
     """
 
     needs_scores = False  # the loss may be zero_one, which labels allow
 
-    def __init__(self, n_members, popsize, max_iter, sigma0, bootstrap=False):
+    def __init__(self, n_members, popsize, max_iter, sigma0, bootstrap=False, keep_start=False):
         self.n_members = n_members
         self.popsize = popsize
         self.max_iter = max_iter
         self.sigma0 = sigma0
         self.bootstrap = bootstrap
+        self.keep_start = keep_start
 
     def _iteration_cost(self, problem, n_active):
         cost = request_cost(problem, n_active * self.popsize, "train")
@@ -129,8 +143,13 @@ class CMAEnsembleLearner(Learner):
         # estimator can re-make each member's choice without any one text
         record = bool(problem.labels_only) and use_val
         options = [[] for _ in range(self.n_members)]
+        per_text = LOSSES[problem.loss_name]
+        start_text = None  # the start's per-text validation losses, and each member's best's
+        best_text = [None] * self.n_members
         try:
             out = problem.outputs(np.zeros((1, dim)), start_split)
+            if use_val:
+                start_text = per_text(out, problem.y("val"))[0]
             start_loss = compute_loss(problem.loss_name, np.repeat(out, self.n_members, axis=0),
                                       problem.y(start_split), None if use_val else boot)
             if record:
@@ -183,6 +202,7 @@ class CMAEnsembleLearner(Learner):
                     continue
                 if key < best_key[k]:
                     best_key[k], best_z[k] = key, z.copy()
+                    best_text[k] = per_text(val_out[i:i + 1], problem.y("val"))[0] if use_val else None
             row = np.full(self.n_members, np.nan)
             row[active] = best_train[active]
             history.append(row)
@@ -190,11 +210,18 @@ class CMAEnsembleLearner(Learner):
             problem.report(best_train_loss=float(np.min(best_train)))
             if exhausted:
                 break
+        guard = None
+        if self.keep_start and start_text is not None:
+            guard = self._guard(start_text, best_text)
+            for k in np.flatnonzero(guard["reverted"]):
+                best_z[k], best_key[k], boot[k] = np.zeros(dim), (float(start_loss[k]), -np.inf), 1.0
         samples = np.vstack(best_z)
         weights = np.full(self.n_members, 1.0 / self.n_members)
         history = np.vstack(history) if history else np.empty((0, self.n_members))
         info = {"selection_losses": [k[0] for k in best_key], "start_loss": float(start_loss[0]),
                 "kept_start": [not np.any(z) for z in best_z]}
+        if guard is not None:
+            info["start_guard"] = guard
         if self.bootstrap:
             info["bootstrap_weights"] = boot
         selection = None
@@ -204,6 +231,24 @@ class CMAEnsembleLearner(Learner):
                                        1.0 / self.n_members)
                          for opts in options]
         return LearnerResult(samples, weights, history, n_iter, exhausted, info, selection=selection)
+
+    @staticmethod
+    def _guard(start_text, best_text):
+        """Which members revert to the start: those whose kept prompt's mean
+        per-text validation loss is not below the start's by more than one
+        standard error of the paired differences (members that kept the
+        start have nothing to revert). With one validation text the noise
+        cannot be told, and a tuned member reverts."""
+        gain, se, reverted = [], [], []
+        for text in best_text:
+            if text is None:  # kept the start
+                gain.append(0.0), se.append(0.0), reverted.append(False)
+                continue
+            diff = np.asarray(start_text) - np.asarray(text)  # > 0 where the kept prompt does better
+            g = float(diff.mean())
+            s = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else np.inf
+            gain.append(g), se.append(s), reverted.append(not g > s)
+        return {"gain": gain, "se": se, "reverted": reverted}
 
     @staticmethod
     def _errors(labels, problem):
