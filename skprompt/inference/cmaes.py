@@ -143,12 +143,14 @@ class CMAEnsembleLearner(Learner):
         # estimator can re-make each member's choice without any one text
         record = bool(problem.labels_only) and use_val
         options = [[] for _ in range(self.n_members)]
+        # keep_start: the start's per-text validation losses, and each member's best's
+        guarded = self.keep_start and use_val
         per_text = LOSSES[problem.loss_name]
-        start_text = None  # the start's per-text validation losses, and each member's best's
+        start_text = None
         best_text = [None] * self.n_members
         try:
             out = problem.outputs(np.zeros((1, dim)), start_split)
-            if use_val:
+            if guarded:
                 start_text = per_text(out, problem.y("val"))[0]
             start_loss = compute_loss(problem.loss_name, np.repeat(out, self.n_members, axis=0),
                                       problem.y(start_split), None if use_val else boot)
@@ -202,7 +204,8 @@ class CMAEnsembleLearner(Learner):
                     continue
                 if key < best_key[k]:
                     best_key[k], best_z[k] = key, z.copy()
-                    best_text[k] = per_text(val_out[i:i + 1], problem.y("val"))[0] if use_val else None
+                    if guarded:
+                        best_text[k] = per_text(val_out[i:i + 1], problem.y("val"))[0]
             row = np.full(self.n_members, np.nan)
             row[active] = best_train[active]
             history.append(row)
@@ -211,7 +214,7 @@ class CMAEnsembleLearner(Learner):
             if exhausted:
                 break
         guard = None
-        if self.keep_start and start_text is not None:
+        if start_text is not None:
             guard = self._guard(start_text, best_text)
             for k in np.flatnonzero(guard["reverted"]):
                 best_z[k], best_key[k], boot[k] = np.zeros(dim), (float(start_loss[k]), -np.inf), 1.0
