@@ -35,8 +35,9 @@ class RecordSplit:
         self.split, self._saved = None, (classifier.validation_split, whitebox.validation_split)
 
         def record(*args, **kwargs):
-            self.split = validation_split(*args, **kwargs)
-            return self.split
+            made = validation_split(*args, **kwargs)
+            self.split = made[0] if kwargs.get("positions") else made  # (splits, positions) with positions=True
+            return made
 
         classifier.validation_split = whitebox.validation_split = record
         return self

@@ -32,29 +32,34 @@ def streaming(backend):
     return stream() if callable(stream) else contextlib.nullcontext()
 
 
-def validation_split(texts, y_idx, fraction, rng):
+def validation_split(texts, y_idx, fraction, rng, positions=False):
     """The stratified train / validation split both estimators select with.
 
     Returns ``{"train": (texts, y)}`` plus ``"val"`` when ``fraction`` is not
     None and every class can be held out; otherwise it warns and selects by
     training loss. Indices are kept in input order. The seed is drawn from
-    ``rng`` (a ``RandomState``) in both cases that split.
+    ``rng`` (a ``RandomState``) in both cases that split. ``positions=True``
+    also returns each split's positions in the input (``{split: indices}``).
     """
-    if fraction is None:
-        return {"train": (texts, y_idx)}
     idx = np.arange(len(texts))
-    try:
-        tr, va = train_test_split(idx, test_size=fraction, stratify=y_idx, random_state=rng.randint(0, 2**31 - 1))
-    except ValueError as exc:
-        warnings.warn(
-            f"validation_fraction={fraction} cannot hold out every class ({exc}); "
-            "selecting by training loss instead.",
-            UserWarning,
-            stacklevel=3,  # the user's call of fit
-        )
-        return {"train": (texts, y_idx)}
-    tr, va = np.sort(tr), np.sort(va)
-    return {"train": ([texts[i] for i in tr], y_idx[tr]), "val": ([texts[i] for i in va], y_idx[va])}
+    split = {"train": idx}
+    if fraction is not None:
+        try:
+            tr, va = train_test_split(idx, test_size=fraction, stratify=y_idx,
+                                      random_state=rng.randint(0, 2**31 - 1))
+            split = {"train": np.sort(tr), "val": np.sort(va)}
+        except ValueError as exc:
+            warnings.warn(
+                f"validation_fraction={fraction} cannot hold out every class ({exc}); "
+                "selecting by training loss instead.",
+                UserWarning,
+                stacklevel=3,  # the user's call of fit
+            )
+    if "val" not in split:
+        splits = {"train": (texts, y_idx)}
+    else:
+        splits = {name: ([texts[i] for i in pos], y_idx[pos]) for name, pos in split.items()}
+    return (splits, split) if positions else splits
 
 
 class ProbaMethodsMixin:

@@ -58,7 +58,8 @@ class PromptProblem:
     progress : tqdm-like or None
     calibration : {None, "auto", "bias", "affine", "linear", "topk"}
         Read-out fitted per candidate on its training scores (score problems
-        only: the estimator resolves it, ``BlackBoxPromptClassifier._resolve_calibration``). ``"auto"``: the family is chosen by
+        only: the estimator resolves it,
+        ``BlackBoxPromptClassifier._resolve_calibration``). ``"auto"``: the family is chosen by
         :func:`~skprompt.readout.choose_readout` on the first candidates'
         training scores (the CMA-ES start, VI's first generation, the
         zero-shot texts), before any read-out is fitted, and kept for the fit;
@@ -70,10 +71,16 @@ class PromptProblem:
         answer too (``score(..., top_k=top_k)``): what the ``"topk"`` read-out
         learns from (``"auto"`` considers it then). Raw outputs carry them
         after the class scores.
+    positions : dict or None
+        Each split's positions in the fit's input (``{split: indices}``): the
+        kept prompts' pooled read-outs see every fit text in input order, as
+        the zero-shot read-out does (``"auto"``'s folds follow the order, so
+        a kept start is read out exactly as zero-shot reads it). None: the
+        training texts, then the validation texts.
     """
 
     def __init__(self, backend, projection, classes, splits, loss_name, labels_only, budget=None,
-                 n_jobs=None, progress=None, calibration=None, calibration_l2=None, top_k=0):
+                 n_jobs=None, progress=None, calibration=None, calibration_l2=None, top_k=0, positions=None):
         self.backend = backend
         self.projection = projection
         self.classes = list(classes)
@@ -92,6 +99,7 @@ class PromptProblem:
         self.calibration_l2 = calibration_l2
         self.calibration_report = None
         self.top_k = top_k
+        self.positions = positions
         self.queries = 0
         self.requests = 0
         self.reserved = 0
@@ -208,12 +216,16 @@ class PromptProblem:
             return readouts
         raw = np.concatenate([self.known_outputs(Z, "train"), self.known_outputs(Z, "val")], axis=1)
         y = np.concatenate([self.y("train"), self.y("val")])
-        if self.calibration_report is not None:  # "auto": chosen again on every fit text (no query)
-            self._choose_family_again(raw, y)
         weight = None
         if train_weight is not None:
             weight = np.concatenate([np.asarray(train_weight, dtype=np.float64),
                                      np.ones((len(Z), self.n_texts("val")))], axis=1)
+        if self.positions is not None:  # every fit text in input order, as zero-shot sees them
+            order = np.argsort(np.concatenate([self.positions["train"], self.positions["val"]]), kind="stable")
+            raw, y = raw[:, order], y[order]
+            weight = None if weight is None else weight[:, order]
+        if self.calibration_report is not None:  # "auto": chosen again on every fit text (no query)
+            self._choose_family_again(raw, y)
         offsets, scales, maps = self._fit_family(raw, y, weight)
         return offsets, scales, (maps if self.calibration == "topk" else None)
 

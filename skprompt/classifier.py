@@ -535,12 +535,12 @@ class BlackBoxPromptClassifier(PromptEstimator):
         projection = self._projection(backend, plan, rng)
         y_idx = np.searchsorted(classes, y)
         if plan.zero_shot:  # nothing is selected: a read-out learns from every text
-            splits = {"train": (texts, y_idx)}
+            splits, positions = {"train": (texts, y_idx)}, None
         else:
-            splits = validation_split(texts, y_idx, self.validation_fraction, rng)
+            splits, positions = validation_split(texts, y_idx, self.validation_fraction, rng, positions=True)
         problem = PromptProblem(backend, projection, classes, splits, plan.loss, plan.labels_only,
                                 budget=self.budget, n_jobs=self.n_jobs, calibration=plan.calibration,
-                                top_k=self._top_k(plan.calibration, backend))
+                                top_k=self._top_k(plan.calibration, backend), positions=positions)
         run = self._search(problem, plan, rng, len(texts))
         readout = self._fit_readouts(problem, plan, run)
         votes = self._fit_vote_readout(problem, plan, run)

@@ -432,8 +432,29 @@ def test_keep_start_is_bbts_default_only():
     backend, X, y = noisy_prompt_task()
     kw = dict(calibration=None, random_state=0)
     bbt = BlackBoxPromptClassifier(backend, method="bbt", **kw).fit(X[:64], y[:64])
-    explicit = BlackBoxPromptClassifier(backend, method="bbt", method_params={"keep_start": True}, **kw).fit(X[:64], y[:64])
+    explicit = BlackBoxPromptClassifier(backend, method="bbt", method_params={"keep_start": True}, **kw)
+    explicit.fit(X[:64], y[:64])
     assert "start_guard" in bbt.fit_info_
     np.testing.assert_array_equal(bbt.samples_, explicit.samples_)
     ensemble = BlackBoxPromptClassifier(backend, method="ensemble", **kw).fit(X[:64], y[:64])
     assert "start_guard" not in ensemble.fit_info_
+
+
+def test_a_kept_start_reads_out_as_zero_shot():
+    """A bbt fit whose member keeps the start predicts what zero-shot predicts:
+    the kept prompt's read-out is fitted (and its family chosen) on every fit
+    text in input order, as zero-shot's is. At the defaults, calibration="auto"."""
+    backend, X, y = noisy_prompt_task()
+    reverted = 0
+    for seed in range(4):
+        bbt = BlackBoxPromptClassifier(backend, method="bbt", random_state=seed).fit(X[:64], y[:64])
+        if np.any(bbt.samples_):
+            continue
+        reverted += 1
+        zero = BlackBoxPromptClassifier(backend, method="zero-shot", random_state=seed).fit(X[:64], y[:64])
+        assert bbt.calibration_ == zero.calibration_
+        chosen, alone = bbt.fit_info_["calibration"], zero.fit_info_["calibration"]
+        for kind, loss in alone["cv_log_loss"].items():  # the same folds: the same held-out losses
+            assert chosen["cv_log_loss"][kind] == pytest.approx(loss, rel=1e-9)
+        np.testing.assert_allclose(bbt.predict_proba(X[64:]), zero.predict_proba(X[64:]), rtol=0, atol=1e-9)
+    assert reverted >= 2

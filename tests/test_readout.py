@@ -174,7 +174,7 @@ def test_kept_prompts_read_outs_learn_from_every_fit_text(method, calibration, m
     backend, X, y = biased_task()
     clf = BlackBoxPromptClassifier(backend, method=method, calibration=calibration, n_prompt_tokens=1,
                                    random_state=0, budget=6000).fit(X[:40], y[:40])
-    (train_x, train_y), (val_x, val_y) = made[0]["train"], made[0]["val"]
+    (train_x, train_y), (val_x, val_y) = made[0][0]["train"], made[0][0]["val"]  # (splits, positions)
     raw = backend.score(clf.prompt_embeddings_, list(train_x) + list(val_x), list(clf.classes_))
     offsets, scales = fit_readout(raw, np.concatenate([train_y, val_y]), calibration)
     np.testing.assert_allclose(clf.offsets_, offsets, atol=1e-8)
@@ -191,7 +191,7 @@ def test_bootstrap_members_refit_their_read_outs_with_their_weights(monkeypatch)
     backend, X, y = biased_task()
     clf = BlackBoxPromptClassifier(backend, calibration="affine", n_prompt_tokens=1, random_state=0, max_iter=5,
                                    method_params={"bootstrap": True}).fit(X[:40], y[:40])
-    (train_x, train_y), (val_x, val_y) = made[0]["train"], made[0]["val"]
+    (train_x, train_y), (val_x, val_y) = made[0][0]["train"], made[0][0]["val"]  # (splits, positions)
     raw = backend.score(clf.prompt_embeddings_, list(train_x) + list(val_x), list(clf.classes_))
     w = np.concatenate([clf.fit_info_["bootstrap_weights"], np.ones((len(raw), len(val_x)))], axis=1)
     offsets, scales = fit_readout(raw, np.concatenate([train_y, val_y]), "affine", sample_weight=w)
